@@ -1,0 +1,1 @@
+"""Framework adapters (PyTorch, Chainer), installed as ``cudeform.adapters``."""

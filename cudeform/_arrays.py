@@ -1,0 +1,80 @@
+"""Dispatch: which array module runs an op, and dtype checks.
+
+NumPy arrays run on the CPU, CuPy arrays on their GPU; a mix is a TypeError.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy
+
+CPU_DTYPES = ("float32", "float64")
+GPU_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _is_cupy(array):
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(array, cupy.ndarray)
+
+
+def array_module(arrays):
+    """The module (numpy or cupy) of ``arrays``, a dict ``{name: array or None}``.
+
+    Raises:
+        TypeError: an argument is not an array, or NumPy and CuPy arrays are mixed.
+        ValueError: CuPy arrays live on different devices.
+    """
+    kinds = {}
+    for name, array in arrays.items():
+        if array is None:
+            continue
+        if isinstance(array, numpy.ndarray):
+            kinds[name] = "numpy"
+        elif _is_cupy(array):
+            kinds[name] = "cupy"
+        else:
+            raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, "
+                            f"got {type(array).__name__}")
+    if len(set(kinds.values())) > 1:
+        numpy_name = next(n for n, k in kinds.items() if k == "numpy")
+        cupy_name = next(n for n, k in kinds.items() if k == "cupy")
+        raise TypeError(f"{numpy_name} is a numpy.ndarray but {cupy_name} is a cupy.ndarray; "
+                        "pass arrays of one kind")
+    if "cupy" not in kinds.values():
+        return numpy
+    import cupy
+
+    devices = {name: arrays[name].device.id for name in kinds}
+    first = next(iter(devices))
+    for name, device in devices.items():
+        if device != devices[first]:
+            raise ValueError(f"{name} is on GPU {device} but {first} is on GPU "
+                             f"{devices[first]}; pass arrays on one device")
+    return cupy
+
+
+def common_dtype(arrays, xp):
+    """The dtype shared by ``arrays`` (a dict ``{name: array or None}``).
+
+    Raises:
+        TypeError: the dtypes differ, or the dtype is not supported on this device.
+    """
+    present = {name: a for name, a in arrays.items() if a is not None}
+    first = next(iter(present))
+    dtype = present[first].dtype
+    for name, array in present.items():
+        if array.dtype != dtype:
+            raise TypeError(f"{name} has dtype {array.dtype} but {first} has dtype {dtype}; "
+                            "all arrays must have one dtype")
+    supported = CPU_DTYPES if xp is numpy else GPU_DTYPES
+    if dtype.name not in supported:
+        where = "NumPy (CPU)" if xp is numpy else "CuPy (GPU)"
+        raise TypeError(f"{first} has dtype {dtype}, which {where} arrays do not support; "
+                        f"expected one of {', '.join(supported)}")
+    return dtype
+
+
+def contiguous(xp, array):
+    """``array`` as C-contiguous (copied only when needed); ``None`` stays ``None``."""
+    return None if array is None else xp.ascontiguousarray(array)

@@ -1,0 +1,1 @@
+"""NumPy path: vectorised reference implementations that run on the CPU."""

@@ -1,0 +1,1 @@
+"""CUDA path: kernel sources, compilation, launches and the host logic around them."""

@@ -1,0 +1,21 @@
+"""Compile kernel families with ``cupy.RawModule``, memoised per device."""
+
+from __future__ import annotations
+
+import cupy
+
+from cudeform._gpu.signatures import FAMILIES
+from cudeform._gpu.source import COMPILE_OPTIONS, family_source
+
+
+@cupy.memoize(for_each_device=True)
+def _module(family, element_type, index_type):
+    names = [k.name_expression(element_type, index_type) for k in FAMILIES[family]]
+    return cupy.RawModule(code=family_source(family), options=COMPILE_OPTIONS,
+                          name_expressions=names)
+
+
+def get_function(kernel, element_type, index_type):
+    """The compiled ``cupy.RawKernel`` of one instantiation on the current device."""
+    module = _module(kernel.family, element_type, index_type)
+    return module.get_function(kernel.name_expression(element_type, index_type))

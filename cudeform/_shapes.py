@@ -1,0 +1,174 @@
+"""Argument validation and output-size arithmetic, shared by every backend.
+
+The NumPy path, the CUDA path and the framework adapters (including shape-only
+"fake" implementations) all call into this module, so each rule of
+``OPS_SPEC.md`` is written exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+
+def pair(value, name, *, minimum):
+    """Return ``value`` as a pair of Python ints, each at least ``minimum``.
+
+    Args:
+        value: an int or a sequence of two ints.
+        name: the argument name used in error messages.
+        minimum: the smallest allowed value.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values = (int(value), int(value))
+    else:
+        try:
+            values = tuple(value)
+        except TypeError:
+            raise ValueError(
+                f"{name} is not valid: expected an int or a pair of ints, got {value!r}"
+            ) from None
+        if len(values) != 2 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values
+        ):
+            raise ValueError(
+                f"{name} is not valid: expected an int or a pair of ints, got {value!r}"
+            )
+        values = (int(values[0]), int(values[1]))
+    if min(values) < minimum:
+        raise ValueError(f"{name} is not valid: expected values >= {minimum}, got {value!r}")
+    return values
+
+
+def conv_output_size(size, kernel, stride, padding, dilation):
+    """Output length of a convolution along one axis (the only copy of this formula)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _require_ndim(shape, ndim, name):
+    if len(shape) != ndim:
+        raise ValueError(
+            f"{name} is not valid: expected a {ndim}-D array, got shape {tuple(shape)}"
+        )
+
+
+def _require_shape(shape, expected, name):
+    if tuple(shape) != tuple(expected):
+        raise ValueError(
+            f"{name}.shape is not valid: expected {tuple(expected)}, got {tuple(shape)}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeometry:
+    """Every size a deformable convolution needs, validated."""
+
+    batch: int
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    groups: int
+    offset_groups: int
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    out_h: int
+    out_w: int
+
+    @property
+    def taps(self):
+        """Number of kernel taps, ``kh * kw``."""
+        return self.kernel_h * self.kernel_w
+
+    @property
+    def output_shape(self):
+        return (self.batch, self.out_channels, self.out_h, self.out_w)
+
+    @property
+    def offset_shape(self):
+        return (self.batch, 2 * self.offset_groups * self.taps, self.out_h, self.out_w)
+
+    @property
+    def mask_shape(self):
+        return (self.batch, self.offset_groups * self.taps, self.out_h, self.out_w)
+
+
+def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=None,
+                           mask_shape=None, *, stride=1, padding=0, dilation=1):
+    """Validate the shapes of a ``deform_conv2d`` call and return its geometry.
+
+    Raises:
+        ValueError: naming the argument, what was expected and what was given.
+    """
+    stride_h, stride_w = pair(stride, "stride", minimum=1)
+    pad_h, pad_w = pair(padding, "padding", minimum=0)
+    dil_h, dil_w = pair(dilation, "dilation", minimum=1)
+
+    _require_ndim(input_shape, 4, "input")
+    _require_ndim(weight_shape, 4, "weight")
+    _require_ndim(offset_shape, 4, "offset")
+    batch, in_channels, height, width = (int(s) for s in input_shape)
+    out_channels, group_channels, kernel_h, kernel_w = (int(s) for s in weight_shape)
+
+    if out_channels < 1 or group_channels < 1 or kernel_h < 1 or kernel_w < 1:
+        raise ValueError(
+            f"weight.shape is not valid: expected positive sizes, got {tuple(weight_shape)}"
+        )
+    if in_channels % group_channels:
+        raise ValueError(
+            f"weight.shape[1] is not valid: expected a divisor of input.shape[1]="
+            f"{in_channels}, got {group_channels}"
+        )
+    groups = in_channels // group_channels
+    if out_channels % groups:
+        raise ValueError(
+            f"weight.shape[0] is not valid: expected a multiple of groups={groups} "
+            f"(input.shape[1] // weight.shape[1]), got {out_channels}"
+        )
+
+    taps = kernel_h * kernel_w
+    offset_channels = int(offset_shape[1])
+    if offset_channels < 2 * taps or offset_channels % (2 * taps):
+        raise ValueError(
+            f"offset.shape[1] is not valid: expected a positive multiple of "
+            f"2*kh*kw={2 * taps}, got {offset_channels}"
+        )
+    offset_groups = offset_channels // (2 * taps)
+    if in_channels % offset_groups:
+        raise ValueError(
+            f"offset.shape[1] is not valid: its {offset_groups} offset groups must divide "
+            f"input.shape[1]={in_channels}, got {offset_channels} channels"
+        )
+
+    out_h = conv_output_size(height, kernel_h, stride_h, pad_h, dil_h)
+    out_w = conv_output_size(width, kernel_w, stride_w, pad_w, dil_w)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"input.shape is not valid: with kernel ({kernel_h}, {kernel_w}), stride "
+            f"({stride_h}, {stride_w}), padding ({pad_h}, {pad_w}) and dilation "
+            f"({dil_h}, {dil_w}) the output would be {out_h}x{out_w}; got input shape "
+            f"{tuple(input_shape)}"
+        )
+
+    geometry = ConvGeometry(
+        batch, in_channels, height, width, out_channels, groups, offset_groups,
+        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w,
+    )
+    _require_shape(offset_shape, geometry.offset_shape, "offset")
+    if mask_shape is not None:
+        _require_shape(mask_shape, geometry.mask_shape, "mask")
+    if bias_shape is not None:
+        _require_shape(bias_shape, (out_channels,), "bias")
+    return geometry
+
+
+def check_grad_output(grad_output_shape, expected_shape):
+    """Validate ``grad_output`` against the shape the forward produced."""
+    _require_ndim(grad_output_shape, len(expected_shape), "grad_output")
+    _require_shape(grad_output_shape, expected_shape, "grad_output")

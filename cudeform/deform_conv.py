@@ -1,0 +1,124 @@
+"""Public deformable convolution API (DCNv1, and DCNv2 with a mask)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy
+
+from cudeform import _arrays
+from cudeform._shapes import check_grad_output, deform_conv2d_geometry
+
+DeformConv2dGrads = collections.namedtuple(
+    "DeformConv2dGrads", ["input", "offset", "weight", "bias", "mask"])
+DeformConv2dGrads.__doc__ = """Gradients of :func:`deform_conv2d`.
+
+``bias`` is None when the forward had no bias, ``mask`` None when it had no mask."""
+
+
+def _prepare(arrays, stride, padding, dilation):
+    xp = _arrays.array_module(arrays)
+    dtype = _arrays.common_dtype(arrays, xp)
+    g = deform_conv2d_geometry(
+        arrays["input"].shape, arrays["offset"].shape, arrays["weight"].shape,
+        None if arrays["bias"] is None else arrays["bias"].shape,
+        None if arrays["mask"] is None else arrays["mask"].shape,
+        stride=stride, padding=padding, dilation=dilation)
+    arrays = {name: _arrays.contiguous(xp, a) for name, a in arrays.items()}
+    return xp, dtype, g, arrays
+
+
+def _gpu_kwargs(xp, dtype):
+    from cudeform._gpu.launch import cuda_launch
+
+    return dict(dtype_name=dtype.name, xp=xp, launch=cuda_launch)
+
+
+def deform_conv2d(input, offset, weight, bias=None, *, stride=1, padding=0, dilation=1,
+                  mask=None):
+    r"""Deformable 2-D convolution (DCNv1; DCNv2 when ``mask`` is given).
+
+    .. math::
+        y(p) = \sum_k w_k \cdot m_k(p) \cdot x(p + p_k + \Delta p_k(p)) + b
+
+    where :math:`x(\cdot)` is sampled bilinearly, 0 outside the map (Dai et al.,
+    https://arxiv.org/abs/1703.06211; Zhu et al., https://arxiv.org/abs/1811.11168).
+
+    Args:
+        input (ndarray[N, C_in, H, W]): input feature map.
+        offset (ndarray[N, 2*dg*kh*kw, H_out, W_out]): sampling offsets; for
+            offset group ``g`` and tap ``k = i*kw + j`` channel ``g*2*kh*kw + 2*k``
+            holds dy and the next one dx (torchvision/mmcv/ONNX layout).
+        weight (ndarray[C_out, C_in/groups, kh, kw]): filters; ``groups`` is inferred.
+        bias (ndarray[C_out], optional): added to every output pixel.
+        stride, padding, dilation (int or (int, int)): as in a plain convolution.
+        mask (ndarray[N, dg*kh*kw, H_out, W_out], optional): DCNv2 modulation.
+
+    Returns:
+        ndarray[N, C_out, H_out, W_out] of the input's type (NumPy or CuPy) and dtype.
+
+    Notes:
+        NumPy arrays run on the CPU (float32, float64); CuPy arrays run on their
+        GPU (float16, bfloat16, float32, float64; 16-bit types accumulate in float32).
+        The batch is processed in chunks whose column buffer stays under
+        :func:`cudeform.workspace_limit`, so any batch size works.
+
+    Raises:
+        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        ValueError: a shape or value that breaks the contract; the message names
+            the argument, what was expected and what was given.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.ones((1, 1, 4, 4), np.float32)
+        >>> w = np.ones((1, 1, 3, 3), np.float32)
+        >>> offset = np.zeros((1, 18, 2, 2), np.float32)
+        >>> cudeform.deform_conv2d(x, offset, w)[0, 0]
+        array([[9., 9.],
+               [9., 9.]], dtype=float32)
+    """
+    arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
+    if xp is numpy:
+        from cudeform._cpu import deform_conv as cpu
+
+        return cpu.forward(a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
+    from cudeform._gpu import deform_conv as gpu
+
+    return gpu.forward(a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g,
+                       **_gpu_kwargs(xp, dtype))
+
+
+def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, stride=1,
+                           padding=0, dilation=1, mask=None):
+    """Gradients of :func:`deform_conv2d` with respect to every input.
+
+    Args:
+        grad_output (ndarray[N, C_out, H_out, W_out]): gradient of the loss with
+            respect to the output.
+        input, offset, weight, bias, stride, padding, dilation, mask: the forward's
+            arguments.
+
+    Returns:
+        DeformConv2dGrads: named tuple ``(input, offset, weight, bias, mask)``;
+        ``bias``/``mask`` are None when the forward had none.
+
+    Notes:
+        On the GPU the input gradient is accumulated with atomicAdd, so its last
+        bits can vary between runs; the NumPy path is deterministic. The offset
+        gradient is the derivative of the piecewise-bilinear sample; at integer
+        sampling positions it takes the one-sided derivative from above. This is
+        a first-order backward: it has no gradient of its own (no double backward).
+    """
+    arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask,
+                  grad_output=grad_output)
+    xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
+    check_grad_output(a["grad_output"].shape, g.output_shape)
+    args = (a["grad_output"], a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
+    if xp is numpy:
+        from cudeform._cpu import deform_conv as cpu
+
+        return DeformConv2dGrads(*cpu.backward(*args))
+    from cudeform._gpu import deform_conv as gpu
+
+    return DeformConv2dGrads(*gpu.backward(*args, **_gpu_kwargs(xp, dtype)))

@@ -1,0 +1,94 @@
+// Bilinear sampling and its two gradients (value and coordinate), written once.
+//
+// The corners of a point (y, x) are (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
+// with y0 = floor(y), x0 = floor(x), numbered 0..3 in that order.
+
+namespace cudeform {
+
+template <typename A, typename I>
+struct BilinearCorners {
+  I index[4];      // row * width + col inside one H x W plane, when valid
+  bool valid[4];   // the corner lies inside the plane
+  A weight[4];     // bilinear weight of the corner
+  A weight_dy[4];  // d weight / d y
+  A weight_dx[4];  // d weight / d x
+};
+
+// DCNv2 border rule, i.e. sampling the plane zero-padded by one pixel: the point
+// contributes only if -1 < y < height and -1 < x < width (NaN and Inf fail the
+// test), and only its corners inside the plane are read. Returns false (every
+// corner invalid) outside that range.
+template <typename A, typename I>
+__device__ __forceinline__ bool zero_padded_corners(A y, A x, I height, I width,
+                                                    BilinearCorners<A, I>& c) {
+  for (int q = 0; q < 4; ++q) {
+    c.index[q] = 0;
+    c.valid[q] = false;
+    c.weight[q] = A(0);
+    c.weight_dy[q] = A(0);
+    c.weight_dx[q] = A(0);
+  }
+  if (!(y > A(-1) && y < A(height) && x > A(-1) && x < A(width))) return false;
+  const A y_floor = floor(y);
+  const A x_floor = floor(x);
+  const I y0 = static_cast<I>(y_floor);
+  const I x0 = static_cast<I>(x_floor);
+  const A ly = y - y_floor;
+  const A lx = x - x_floor;
+  const A wy[2] = {A(1) - ly, ly};
+  const A wx[2] = {A(1) - lx, lx};
+  const A dwy[2] = {A(-1), A(1)};  // d wy / d y
+  const A dwx[2] = {A(-1), A(1)};  // d wx / d x
+  for (int a = 0; a < 2; ++a) {
+    for (int b = 0; b < 2; ++b) {
+      const int q = 2 * a + b;
+      const I row = y0 + a;
+      const I col = x0 + b;
+      if (row >= 0 && row < height && col >= 0 && col < width) {
+        c.index[q] = row * width + col;
+        c.valid[q] = true;
+        c.weight[q] = wy[a] * wx[b];
+        c.weight_dy[q] = dwy[a] * wx[b];
+        c.weight_dx[q] = wy[a] * dwx[b];
+      }
+    }
+  }
+  return true;
+}
+
+// Sampled value: sum of weight * plane[corner] over valid corners.
+template <typename A, typename T, typename I>
+__device__ __forceinline__ A bilinear_value(const T* plane, const BilinearCorners<A, I>& c) {
+  A value = A(0);
+  for (int q = 0; q < 4; ++q) {
+    if (c.valid[q]) value += c.weight[q] * load(plane + c.index[q]);
+  }
+  return value;
+}
+
+// Coordinate gradient: d value / d y and d value / d x.
+template <typename A, typename T, typename I>
+__device__ __forceinline__ void bilinear_coordinate_grad(const T* plane,
+                                                         const BilinearCorners<A, I>& c,
+                                                         A& grad_y, A& grad_x) {
+  grad_y = A(0);
+  grad_x = A(0);
+  for (int q = 0; q < 4; ++q) {
+    if (c.valid[q]) {
+      const A v = load(plane + c.index[q]);
+      grad_y += c.weight_dy[q] * v;
+      grad_x += c.weight_dx[q] * v;
+    }
+  }
+}
+
+// Value gradient: scatter grad * weight into each valid corner of grad_plane.
+template <typename A, typename I>
+__device__ __forceinline__ void bilinear_scatter(A* grad_plane, const BilinearCorners<A, I>& c,
+                                                 A grad) {
+  for (int q = 0; q < 4; ++q) {
+    if (c.valid[q]) atomicAdd(grad_plane + c.index[q], c.weight[q] * grad);
+  }
+}
+
+}  // namespace cudeform

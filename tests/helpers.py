@@ -1,0 +1,74 @@
+"""Shared test utilities: random deformable-convolution cases and finite differences."""
+
+from __future__ import annotations
+
+import numpy
+
+from cudeform._shapes import deform_conv2d_geometry
+
+# Per-dtype tolerances (rtol, atol) for comparing two implementations.
+TOLERANCES = {
+    numpy.dtype("float64"): (1e-10, 1e-10),
+    numpy.dtype("float32"): (1e-4, 1e-4),
+}
+
+
+def conv_case(rng, *, batch=2, in_channels=4, out_channels=6, groups=1, offset_groups=1,
+              kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), size=(7, 6),
+              mask=True, bias=True, dtype=numpy.float64, offset_scale=2.0,
+              off_kinks=False):
+    """Random arguments of ``deform_conv2d`` as a dict of keyword arguments.
+
+    With ``off_kinks`` every sampling position has a fractional part in
+    [0.1, 0.9], away from the bilinear kinks at integers, so that central
+    differences with a small step see a smooth function.
+    """
+    kh, kw = kernel
+    height, width = size
+    weight_shape = (out_channels, in_channels // groups, kh, kw)
+    input_shape = (batch, in_channels, height, width)
+    out_h = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    offset_shape = (batch, 2 * offset_groups * kh * kw, out_h, out_w)
+    if off_kinks:
+        whole = rng.integers(-int(offset_scale), int(offset_scale) + 1, size=offset_shape)
+        offset = whole + rng.uniform(0.1, 0.9, size=offset_shape)
+    else:
+        offset = rng.uniform(-offset_scale, offset_scale, size=offset_shape)
+    case = dict(
+        input=rng.standard_normal(input_shape).astype(dtype),
+        offset=offset.astype(dtype),
+        weight=rng.standard_normal(weight_shape).astype(dtype),
+        bias=rng.standard_normal(out_channels).astype(dtype) if bias else None,
+        mask=(rng.uniform(0, 1, (batch, offset_groups * kh * kw, out_h, out_w)).astype(dtype)
+              if mask else None),
+        stride=stride, padding=padding, dilation=dilation,
+    )
+    deform_conv2d_geometry(case["input"].shape, case["offset"].shape, case["weight"].shape,
+                           stride=stride, padding=padding, dilation=dilation)
+    return case
+
+
+def split_case(case):
+    """``(arrays, options)`` of a case: arrays by name and the stride/padding/dilation."""
+    options = {k: case[k] for k in ("stride", "padding", "dilation")}
+    arrays = {k: v for k, v in case.items() if k not in options}
+    return arrays, options
+
+
+def numerical_gradient(loss, array, step=1e-6):
+    """Central differences of the scalar ``loss()`` with respect to each element of ``array``.
+
+    ``array`` is perturbed in place and restored.
+    """
+    grad = numpy.zeros_like(array, dtype=numpy.float64)
+    flat = array.reshape(-1)
+    for i in range(flat.size):
+        original = flat[i]
+        flat[i] = original + step
+        plus = loss()
+        flat[i] = original - step
+        minus = loss()
+        flat[i] = original
+        grad.reshape(-1)[i] = (plus - minus) / (2 * step)
+    return grad

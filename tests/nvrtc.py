@@ -1,0 +1,168 @@
+"""NVRTC through ``ctypes``, found in the installed NVIDIA wheels, for compile tests.
+
+CuPy binds one NVRTC per process. Loading each ``libnvrtc.so.<major>`` with its own
+``ctypes.CDLL`` (local symbols) lets one test session compile with NVRTC 12, which
+still targets Volta (sm_70), and NVRTC 13, which does not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import importlib.metadata
+import pathlib
+import re
+
+# Wheels that may hold NVRTC (``nvidia-cuda-nvrtc`` is CUDA 13, ``-cu12`` is CUDA 12).
+NVRTC_WHEELS = ("nvidia-cuda-nvrtc", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvrtc-cu13")
+# Wheels that may hold the CUDA headers (cuda_fp16.h, cuda_bf16.h) NVRTC lacks.
+HEADER_WHEELS = ("nvidia-cuda-runtime", "nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime-cu13")
+
+_LIBRARY = re.compile(r"libnvrtc\.so\.(\d+)$")
+_CUDART_VERSION = re.compile(r"#define\s+CUDART_VERSION\s+(\d+)")
+
+
+class CompileError(Exception):
+    """NVRTC rejected a program; the message holds the options and the program log."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    log: str
+    lowered_names: dict  # name expression -> mangled name
+    cubin: bytes
+
+
+def _wheel_files(names):
+    for name in names:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for file in dist.files or ():
+            yield pathlib.Path(dist.locate_file(file))
+
+
+@functools.lru_cache(maxsize=None)
+def find_library(major):
+    """``(path, None)`` of ``libnvrtc.so.<major>`` in a wheel, or ``(None, why not)``."""
+    for path in _wheel_files(NVRTC_WHEELS):
+        match = _LIBRARY.search(path.name)
+        if match and int(match.group(1)) == major and path.is_file():
+            return path, None
+    return None, (f"no libnvrtc.so.{major} in any installed wheel of "
+                  f"{', '.join(NVRTC_WHEELS)}")
+
+
+@functools.lru_cache(maxsize=None)
+def find_include_dir(major):
+    """``(folder, None)`` holding CUDA <major> cuda_fp16.h and cuda_bf16.h, or ``(None, why)``."""
+    for path in _wheel_files(HEADER_WHEELS):
+        if path.name != "cuda_runtime_api.h" or not path.is_file():
+            continue
+        found = _CUDART_VERSION.search(path.read_text(errors="replace"))
+        folder = path.parent
+        if (found and int(found.group(1)) // 1000 == major
+                and (folder / "cuda_fp16.h").is_file() and (folder / "cuda_bf16.h").is_file()):
+            return folder, None
+    return None, (f"no CUDA {major} cuda_fp16.h/cuda_bf16.h in any installed wheel of "
+                  f"{', '.join(HEADER_WHEELS)}")
+
+
+class Nvrtc:
+    """One loaded ``libnvrtc.so`` with the few entry points a compile test needs."""
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        lib = ctypes.CDLL(str(self.path))
+        size_p = ctypes.POINTER(ctypes.c_size_t)
+        program_p = ctypes.POINTER(ctypes.c_void_p)
+        signatures = {
+            "nvrtcVersion": [ctypes.POINTER(ctypes.c_int)] * 2,
+            "nvrtcCreateProgram": [program_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+                                   ctypes.c_void_p, ctypes.c_void_p],
+            "nvrtcAddNameExpression": [ctypes.c_void_p, ctypes.c_char_p],
+            "nvrtcCompileProgram": [ctypes.c_void_p, ctypes.c_int,
+                                    ctypes.POINTER(ctypes.c_char_p)],
+            "nvrtcGetProgramLogSize": [ctypes.c_void_p, size_p],
+            "nvrtcGetProgramLog": [ctypes.c_void_p, ctypes.c_char_p],
+            "nvrtcGetLoweredName": [ctypes.c_void_p, ctypes.c_char_p,
+                                    ctypes.POINTER(ctypes.c_char_p)],
+            "nvrtcGetCUBINSize": [ctypes.c_void_p, size_p],
+            "nvrtcGetCUBIN": [ctypes.c_void_p, ctypes.c_char_p],
+            "nvrtcDestroyProgram": [program_p],
+        }
+        for name, argtypes in signatures.items():
+            function = getattr(lib, name)
+            function.argtypes = argtypes
+            function.restype = ctypes.c_int
+        lib.nvrtcGetErrorString.argtypes = [ctypes.c_int]
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        self._lib = lib
+        major, minor = ctypes.c_int(), ctypes.c_int()
+        self._check(lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
+        self.version = (major.value, minor.value)
+
+    def _check(self, status, call):
+        if status != 0:
+            message = self._lib.nvrtcGetErrorString(status).decode()
+            raise CompileError(f"{call} failed: {message} ({status}) in {self.path}")
+
+    def compile(self, source, name, options, name_expressions):
+        """Compile ``source`` to a cubin; raise :class:`CompileError` with the log on failure.
+
+        ``options`` must hold a real ``--gpu-architecture=sm_XX`` for a cubin to exist.
+        """
+        lib = self._lib
+        program = ctypes.c_void_p()
+        self._check(lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(),
+                                           name.encode(), 0, None, None), "nvrtcCreateProgram")
+        try:
+            for expression in name_expressions:
+                self._check(lib.nvrtcAddNameExpression(program, expression.encode()),
+                            "nvrtcAddNameExpression")
+            encoded = [option.encode() for option in options]
+            status = lib.nvrtcCompileProgram(program, len(encoded),
+                                             (ctypes.c_char_p * len(encoded))(*encoded))
+            log_size = ctypes.c_size_t()
+            self._check(lib.nvrtcGetProgramLogSize(program, ctypes.byref(log_size)),
+                        "nvrtcGetProgramLogSize")
+            log_buffer = ctypes.create_string_buffer(log_size.value)
+            self._check(lib.nvrtcGetProgramLog(program, log_buffer), "nvrtcGetProgramLog")
+            log = log_buffer.value.decode(errors="replace")
+            if status != 0:
+                message = lib.nvrtcGetErrorString(status).decode()
+                raise CompileError(f"NVRTC {self.version[0]}.{self.version[1]} failed "
+                                   f"({message}) with options {' '.join(options)}:\n{log}")
+            lowered = {}
+            for expression in name_expressions:
+                mangled = ctypes.c_char_p()
+                self._check(lib.nvrtcGetLoweredName(program, expression.encode(),
+                                                    ctypes.byref(mangled)),
+                            f"nvrtcGetLoweredName({expression})")
+                lowered[expression] = mangled.value.decode() if mangled.value else ""
+            cubin_size = ctypes.c_size_t()
+            self._check(lib.nvrtcGetCUBINSize(program, ctypes.byref(cubin_size)),
+                        "nvrtcGetCUBINSize")
+            cubin = ctypes.create_string_buffer(cubin_size.value)
+            if cubin_size.value:
+                self._check(lib.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+            return Compiled(log, lowered, cubin.raw)
+        finally:
+            lib.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+@functools.lru_cache(maxsize=None)
+def load(major):
+    """``(Nvrtc, None)`` for NVRTC <major> with its include folder, or ``(None, why not)``."""
+    path, why = find_library(major)
+    if path is None:
+        return None, why
+    try:
+        nvrtc = Nvrtc(path)
+    except OSError as error:
+        return None, f"cannot load {path}: {error}"
+    if nvrtc.version[0] != major:
+        return None, f"{path} reports NVRTC {nvrtc.version}, not {major}.x"
+    return nvrtc, None
