@@ -33,12 +33,15 @@ class Corners:
     index: numpy.ndarray      # int64, flat padded index of the (y0, x0) corner
     steps: tuple              # flat offsets of the four corners
     weight: numpy.ndarray     # (4, ...) bilinear weights, 0 outside the range
-    weight_dy: numpy.ndarray  # (4, ...) d weight / d y
-    weight_dx: numpy.ndarray  # (4, ...) d weight / d x
+    weight_dy: object         # (4, ...) d weight / d y, or None if not asked for
+    weight_dx: object         # (4, ...) d weight / d x, or None if not asked for
 
 
-def zero_padded_corners(y, x, height, width):
-    """Corners of points ``(y, x)`` under the DCNv2 border rule (see module doc)."""
+def zero_padded_corners(y, x, height, width, derivatives=False):
+    """Corners of points ``(y, x)`` under the DCNv2 border rule (see module doc).
+
+    The weights' derivatives are computed only when ``derivatives`` is true.
+    """
     with numpy.errstate(invalid="ignore"):
         inside = (y > -1) & (y < height) & (x > -1) & (x < width)
     zero = numpy.zeros((), dtype=y.dtype)
@@ -59,7 +62,9 @@ def zero_padded_corners(y, x, height, width):
     )
     inside = inside.astype(y.dtype)
     weight = numpy.stack([hy * hx, hy * lx, ly * hx, ly * lx]) * inside
-    weight_dy = numpy.stack([-hx, -lx, hx, lx]) * inside
-    weight_dx = numpy.stack([-hy, hy, -ly, ly]) * inside
+    weight_dy = weight_dx = None
+    if derivatives:
+        weight_dy = numpy.stack([-hx, -lx, hx, lx]) * inside
+        weight_dx = numpy.stack([-hy, hy, -ly, ly]) * inside
     steps = (0, 1, padded_width, padded_width + 1)
     return Corners(index, steps, weight, weight_dy, weight_dx)

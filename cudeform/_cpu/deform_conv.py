@@ -1,26 +1,31 @@
 """Deformable convolution in vectorised NumPy.
 
 Layout: the input is stored channels-last with zero borders and viewed as rows
-of ``C_in / dg`` channels, one row per (image, padded pixel, offset group).
-Every sampling point then gathers four contiguous channel vectors, and the
-column matrix comes out as ``(n * P, taps * C_in)`` rows, so one GEMM per
-weight group against the weight gives the output. The input gradient is the
-transpose of that gather, reduced with a sort and ``numpy.add.reduceat``.
+of ``C_in / dg`` channels, one row per (image, padded pixel, offset group), so
+each bilinear corner of a sampling point is one contiguous row to gather.
+Offsets and mask are reordered pixel-major, so that a block of output pixels
+is a contiguous slice of them.
+
+Output pixels are processed in cache-sized blocks, split over the cores. A
+block's sampling points, corner values and columns ``(pixels, taps * C_in)``
+are built in the worker's buffers and multiplied by the weight (one GEMM per
+weight group), so the full column matrix is never stored. The backward is
+the transpose of each step; the input gradient is scattered back onto the
+rows, repeated rows summed after one sort per block with ``numpy.add.reduceat``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy
 
+from cudeform._cpu import parallel
 from cudeform._cpu.bilinear import PAD_BEFORE, padded_size, zero_padded_corners
 from cudeform._workspace import batch_chunks
 
-# Column-sized buffers alive at once, so that the workspace limit bounds the
-# NumPy path's memory too.
-_FORWARD_BUFFERS = 2
-_BACKWARD_BUFFERS = 6
-# Bytes of gathered corner values processed at a time.
-_BLOCK_BYTES = 4 * 2**20
+# Bytes of gathered corner values in one block of pixels.
+_BLOCK_BYTES = 2**21
 
 
 def _padded_rows(images, offset_groups):
@@ -33,95 +38,105 @@ def _padded_rows(images, offset_groups):
     return padded.reshape(-1, channels // offset_groups)
 
 
-def _sampling(g, offset, mask):
-    """Corners, row indices and mask of every (image, pixel, tap, offset group)."""
-    n = offset.shape[0]
-    taps, dg, plane = g.taps, g.offset_groups, g.out_h * g.out_w
-    # (n, dg, taps, 2, P) -> dy, dx as (n, P, taps, dg)
-    pairs = offset.reshape(n, dg, taps, 2, plane).transpose(3, 0, 4, 2, 1)
-    dy, dx = pairs[0], pairs[1]
-    # Regular grid: the only copy of the sampling formula on the NumPy path.
-    ho = numpy.arange(plane) // g.out_w
-    wo = numpy.arange(plane) % g.out_w
-    i = numpy.arange(taps) // g.kernel_w
-    j = numpy.arange(taps) % g.kernel_w
-    base_y = (ho[:, None] * g.stride_h - g.pad_h + i[None, :] * g.dilation_h).astype(offset.dtype)
-    base_x = (wo[:, None] * g.stride_w - g.pad_w + j[None, :] * g.dilation_w).astype(offset.dtype)
-    y = base_y[None, :, :, None] + dy
-    x = base_x[None, :, :, None] + dx
-    corners = zero_padded_corners(y, x, g.height, g.width)
+def _pixel_major(g, offset, mask):
+    """Offsets as ``(n*P, taps, dg, 2)`` (dy, dx) and mask as ``(n*P, taps, dg)``."""
+    n, taps, dg, plane = offset.shape[0], g.taps, g.offset_groups, g.out_h * g.out_w
+    offsets = offset.reshape(n, dg, taps, 2, plane).transpose(0, 4, 2, 1, 3)
+    offsets = numpy.ascontiguousarray(offsets).reshape(n * plane, taps, dg, 2)
+    if mask is not None:
+        mask = numpy.ascontiguousarray(mask.reshape(n, dg, taps, plane).transpose(0, 3, 2, 1))
+        mask = mask.reshape(n * plane, taps, dg)
+    return offsets, mask
+
+
+def _from_pixel_major(g, values, channels):
+    """Inverse of :func:`_pixel_major` for ``(n*P, taps, dg[, 2])`` arrays."""
+    plane = g.out_h * g.out_w
+    n = values.shape[0] // plane
+    values = values.reshape(n, plane, g.taps, g.offset_groups, -1).transpose(0, 3, 2, 4, 1)
+    return values.reshape(n, channels, g.out_h, g.out_w)
+
+
+@dataclasses.dataclass
+class _Sampling:
+    """Where the points of a block sample; points ordered (pixel, tap, offset group)."""
+
+    corners: object          # bilinear.Corners, arrays shaped (pixels, taps, dg)
+    rows: numpy.ndarray      # (points,) data row of each point's first corner
+    row_steps: tuple         # row offsets of the four corners
+    weights: numpy.ndarray   # (points, 1, 4) corner weights, times the mask if any
+    modulation: object       # mask as (pixels, taps, dg), or None
+
+
+def _sampling(g, pixels, offsets, mask, derivatives):
+    """Sampling points of the output pixels ``pixels`` (a slice over n*P)."""
+    dtype, dg = offsets.dtype, g.offset_groups
+    plane = g.out_h * g.out_w
+    index = numpy.arange(pixels.start, pixels.stop)
+    image, pixel = index // plane, index % plane
+    ho, wo = pixel // g.out_w, pixel % g.out_w
+    i = numpy.arange(g.taps) // g.kernel_w
+    j = numpy.arange(g.taps) % g.kernel_w
+    # Regular grid plus offset: the only copy of the sampling formula on the NumPy path.
+    base_y = (ho[:, None] * g.stride_h - g.pad_h + i * g.dilation_h).astype(dtype)
+    base_x = (wo[:, None] * g.stride_w - g.pad_w + j * g.dilation_w).astype(dtype)
+    block = offsets[pixels]
+    corners = zero_padded_corners(base_y[:, :, None] + block[..., 0],
+                                  base_x[:, :, None] + block[..., 1], g.height, g.width,
+                                  derivatives)
 
     padded_plane = padded_size(g.height) * padded_size(g.width)
-    image = numpy.arange(n, dtype=numpy.int64).reshape(n, 1, 1, 1)
-    group = numpy.arange(dg, dtype=numpy.int64).reshape(1, 1, 1, dg)
-    rows = (image * padded_plane + corners.index) * dg + group
+    group = numpy.arange(dg)
+    rows = ((image[:, None, None] * padded_plane + corners.index) * dg + group).reshape(-1)
+    modulation = None if mask is None else mask[pixels]
+    weights = corners.weight if modulation is None else corners.weight * modulation
+    weights = numpy.ascontiguousarray(weights.reshape(4, -1).T)[:, None, :]
     row_steps = tuple(step * dg for step in corners.steps)
-    modulation = None
-    if mask is not None:
-        modulation = mask.reshape(n, dg, taps, plane).transpose(0, 3, 2, 1)
-    return corners, rows, row_steps, modulation
+    return _Sampling(corners, rows, row_steps, weights, modulation)
 
 
-def _neighbourhoods(data, row_steps):
-    """Each row's 2x2 neighbourhood: ``out[r, q] = data[r + row_steps[q]]``.
-
-    One gather from this array fetches all four corners of a point as one
-    contiguous block, which is much faster than four gathers.
-    """
-    count = data.shape[0] - row_steps[-1]
-    out = numpy.empty((count, 4, data.shape[1]), dtype=data.dtype)
-    for q, step in enumerate(row_steps):
-        out[:, q] = data[step:step + count]
-    return out
-
-
-def _point_blocks(count, neighbourhoods):
-    """Slices of points whose gathered corners take about ``_BLOCK_BYTES``.
-
-    Blocks keep the gathered corner values in cache instead of materialising
-    four column-sized buffers.
-    """
-    step = max(1, _BLOCK_BYTES // neighbourhoods[0].nbytes)
-    return (slice(start, min(count, start + step)) for start in range(0, count, step))
-
-
-def _gather_corners(neighbourhoods, rows):
-    """Corner values ``(points, 4, C/dg)`` of the points at ``rows`` (1-D)."""
-    # Rows are in bounds by construction (see bilinear.py); mode="clip" avoids
-    # the buffered copy that take() makes with out= in its default mode.
-    return numpy.take(neighbourhoods, rows, axis=0, mode="clip")
-
-
-def _point_weights(weights, modulation):
-    """Per-point corner weights ``(points, 1, 4)``, modulated by the mask if any."""
-    if modulation is not None:
-        weights = weights * modulation
-    return numpy.ascontiguousarray(weights.reshape(4, -1).T)[:, None, :]
-
-
-def _columns(neighbourhoods, corners, rows, modulation):
-    """Sampled (and modulated) values ``(n, P, taps, dg, C/dg)``."""
-    flat = rows.reshape(-1)
-    weights = _point_weights(corners.weight, modulation)
-    columns = numpy.empty((flat.size, 1, neighbourhoods.shape[2]), dtype=neighbourhoods.dtype)
-    for block in _point_blocks(flat.size, neighbourhoods):
-        corner_values = _gather_corners(neighbourhoods, flat[block])
-        numpy.matmul(weights[block], corner_values, out=columns[block])
-    return columns.reshape(rows.shape + neighbourhoods.shape[2:])
+def _blocks(g, pixels, data):
+    """Slices of at most a block of output pixels, covering the slice ``pixels``."""
+    step = max(1, _BLOCK_BYTES // (4 * g.taps * g.offset_groups * data[0].nbytes))
+    for start in range(pixels.start, pixels.stop, step):
+        yield slice(start, min(pixels.stop, start + step))
 
 
 def _grouped(g, columns):
-    """Columns as ``(groups, n*P, taps * C_in/groups)`` for one GEMM per weight group."""
-    rows = columns.shape[0] * columns.shape[1]
-    split = columns.reshape(rows, g.taps, g.groups, g.in_channels // g.groups)
-    return numpy.ascontiguousarray(split.transpose(2, 0, 1, 3)).reshape(g.groups, rows, -1)
+    """Block columns ``(points, 1, C/dg)`` as ``(groups, pixels, taps * C_in/groups)``."""
+    pixels = columns.size // (g.taps * g.in_channels)
+    split = columns.reshape(pixels, g.taps, g.groups, g.in_channels // g.groups)
+    return split.transpose(2, 0, 1, 3).reshape(g.groups, pixels, -1)
 
 
-def _ungrouped(g, grouped, n):
-    """Inverse of :func:`_grouped`, back to ``(n, P, taps, dg, C/dg)``."""
+def _ungrouped(g, grouped):
+    """Inverse of :func:`_grouped`, as ``(points, C/dg, 1)``."""
     split = grouped.reshape(g.groups, -1, g.taps, g.in_channels // g.groups)
     columns = numpy.ascontiguousarray(split.transpose(1, 2, 0, 3))
-    return columns.reshape(n, g.out_h * g.out_w, g.taps, g.offset_groups, -1)
+    return columns.reshape(-1, g.in_channels // g.offset_groups, 1)
+
+
+class _BlockColumns:
+    """One worker's builder of block columns, in buffers it reuses for every block."""
+
+    def __init__(self, g, data):
+        self.g = g
+        self.data = data
+        points = g.taps * g.offset_groups * next(_blocks(g, slice(0, 1 << 62), data)).stop
+        self.values = numpy.empty((4, points, data.shape[1]), data.dtype)
+        self.columns = numpy.empty((points, 1, data.shape[1]), data.dtype)
+
+    def __call__(self, sampling):
+        """Corner values ``(points, 4, C/dg)`` and grouped columns of a block."""
+        count = sampling.rows.size
+        for q, step in enumerate(sampling.row_steps):
+            # Rows are in bounds by construction (see bilinear.py); mode="clip"
+            # skips the bounds check and the buffered copy of the default mode.
+            numpy.take(self.data, sampling.rows + step, axis=0, out=self.values[q, :count],
+                       mode="clip")
+        values = self.values[:, :count].transpose(1, 0, 2)
+        numpy.matmul(sampling.weights, values, out=self.columns[:count])
+        return values, _grouped(self.g, self.columns[:count])
 
 
 def _gemm_weight(g, weight):
@@ -132,64 +147,73 @@ def _gemm_weight(g, weight):
         g.groups, g.taps * (g.in_channels // g.groups), -1)
 
 
-def _column_bytes(g, itemsize):
-    return g.in_channels * g.taps * g.out_h * g.out_w * itemsize
+def _chunks(g, itemsize):
+    # Per image: the padded input (and one input gradient per worker in the
+    # backward) plus offsets, mask and their gradients.
+    padded = g.in_channels * padded_size(g.height) * padded_size(g.width)
+    sampling = 6 * g.taps * g.offset_groups * g.out_h * g.out_w
+    per_image = itemsize * (padded * (1 + parallel.worker_count()) + sampling)
+    return batch_chunks(g.batch, per_image)
 
 
 def forward(input, offset, weight, bias, mask, g):
     """``deform_conv2d`` on C-contiguous NumPy arrays of one dtype, validated into ``g``."""
     output = numpy.empty(g.output_shape, dtype=input.dtype)
     weight_gemm = _gemm_weight(g, weight)
-    chunk_bytes = _FORWARD_BUFFERS * _column_bytes(g, input.dtype.itemsize)
-    for start, stop in batch_chunks(g.batch, chunk_bytes):
+    plane = g.out_h * g.out_w
+    for start, stop in _chunks(g, input.dtype.itemsize):
         n = stop - start
         data = _padded_rows(input[start:stop], g.offset_groups)
-        chunk_mask = None if mask is None else mask[start:stop]
-        corners, rows, row_steps, modulation = _sampling(g, offset[start:stop], chunk_mask)
-        neighbourhoods = _neighbourhoods(data, row_steps)
-        columns = _grouped(g, _columns(neighbourhoods, corners, rows, modulation))
-        result = numpy.matmul(columns, weight_gemm)  # (groups, n*P, C_out/groups)
-        result = result.reshape(g.groups, n, g.out_h * g.out_w, -1).transpose(1, 0, 3, 2)
+        offsets, modulation = _pixel_major(g, offset[start:stop],
+                                           None if mask is None else mask[start:stop])
+        result = numpy.empty((g.groups, n * plane, weight_gemm.shape[2]), dtype=input.dtype)
+
+        def work(part):
+            block_columns = _BlockColumns(g, data)
+            for pixels in _blocks(g, part, data):
+                sampling = _sampling(g, pixels, offsets, modulation, derivatives=False)
+                _, columns = block_columns(sampling)
+                numpy.matmul(columns, weight_gemm, out=result[:, pixels])
+
+        parallel.split(n * plane, work)
+        result = result.reshape(g.groups, n, plane, -1).transpose(1, 0, 3, 2)
         output[start:stop] = result.reshape(n, g.out_channels, g.out_h, g.out_w)
     if bias is not None:
         output += bias.reshape(1, -1, 1, 1)
     return output
 
 
-def _scatter_rows(grad_rows, grad_columns, corners, rows, row_steps, modulation):
-    """Add ``grad_columns`` into the padded input rows through the bilinear weights.
+def _scatter(grad_rows, sampling, grad_columns):
+    """Add each point's column gradient, times its corner weights, onto its corner rows.
 
-    All four corners of a point are shifts of its first corner, so one sort of
-    the first-corner rows groups every corner's duplicates.
+    The four corners of a point are shifts of its first corner, so one sort of
+    the first-corner rows groups every corner's repeated rows.
     """
-    flat_rows = rows.reshape(-1)
-    order = numpy.argsort(flat_rows, kind="stable")
-    sorted_rows = flat_rows[order]
+    order = numpy.argsort(sampling.rows, kind="stable")
+    sorted_rows = sampling.rows[order]
     starts = numpy.flatnonzero(numpy.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
     unique_rows = sorted_rows[starts]
-    sorted_grad = grad_columns.reshape(flat_rows.size, -1)[order]
-    weights = corners.weight if modulation is None else corners.weight * modulation
-    for q, step in enumerate(row_steps):
-        contributions = sorted_grad * weights[q].reshape(-1)[order][:, None]
+    sorted_grad = grad_columns[order]
+    sorted_weights = sampling.weights[order, 0]
+    for q, step in enumerate(sampling.row_steps):
+        contributions = sorted_grad * sorted_weights[:, q, None]
         grad_rows[unique_rows + step] += numpy.add.reduceat(contributions, starts, axis=0)
 
 
-def _coordinate_grads(neighbourhoods, grad_columns, corners, rows, modulation):
-    """Gradients of the sampling positions (dy, dx) and of the mask."""
-    flat = rows.reshape(-1)
-    grad_flat = grad_columns.reshape(flat.size, -1, 1)
-    # Per point and corner: sum over the group's channels of grad * corner value.
-    dots = numpy.empty((flat.size, 4, 1), dtype=neighbourhoods.dtype)
-    for block in _point_blocks(flat.size, neighbourhoods):
-        corner_values = _gather_corners(neighbourhoods, flat[block])
-        numpy.matmul(corner_values, grad_flat[block], out=dots[block])
-    dots = dots.reshape(-1, 4).T.reshape((4,) + rows.shape)
+def _coordinate_grads(dots, sampling):
+    """Gradients ``(pixels, taps, dg)`` of the sampling positions (dy, dx) and of the mask.
+
+    ``dots[i, q]`` is the sum over the group's channels of the column gradient
+    times corner ``q`` of point ``i``.
+    """
+    corners = sampling.corners
+    dots = dots.reshape(-1, 4).T.reshape(corners.weight.shape)
     grad_y = numpy.einsum("q...,q...->...", dots, corners.weight_dy)
     grad_x = numpy.einsum("q...,q...->...", dots, corners.weight_dx)
     grad_m = numpy.einsum("q...,q...->...", dots, corners.weight)
-    if modulation is not None:
-        grad_y *= modulation
-        grad_x *= modulation
+    if sampling.modulation is not None:
+        grad_y *= sampling.modulation
+        grad_x *= sampling.modulation
     return grad_y, grad_x, grad_m
 
 
@@ -197,43 +221,55 @@ def backward(grad_output, input, offset, weight, bias, mask, g):
     """Gradients ``(input, offset, weight, bias, mask)`` of ``deform_conv2d``."""
     dtype = input.dtype
     height, width, dg = g.height, g.width, g.offset_groups
-    taps, plane = g.taps, g.out_h * g.out_w
+    plane = g.out_h * g.out_w
     grad_input = numpy.empty(input.shape, dtype=dtype)
     grad_offset = numpy.empty(offset.shape, dtype=dtype)
     grad_mask = None if mask is None else numpy.empty(mask.shape, dtype=dtype)
     weight_gemm = _gemm_weight(g, weight)
     grad_weight_gemm = numpy.zeros_like(weight_gemm)
-    chunk_bytes = _BACKWARD_BUFFERS * _column_bytes(g, dtype.itemsize)
 
-    for start, stop in batch_chunks(g.batch, chunk_bytes):
+    for start, stop in _chunks(g, dtype.itemsize):
         n = stop - start
         data = _padded_rows(input[start:stop], dg)
-        chunk_mask = None if mask is None else mask[start:stop]
-        corners, rows, row_steps, modulation = _sampling(g, offset[start:stop], chunk_mask)
-        neighbourhoods = _neighbourhoods(data, row_steps)
-        columns = _grouped(g, _columns(neighbourhoods, corners, rows, modulation))
+        offsets, modulation = _pixel_major(g, offset[start:stop],
+                                           None if mask is None else mask[start:stop])
         grad_out = grad_output[start:stop].reshape(n, g.groups, -1, plane).transpose(1, 0, 3, 2)
         grad_out = numpy.ascontiguousarray(grad_out).reshape(g.groups, n * plane, -1)
-        grad_weight_gemm += numpy.matmul(columns.transpose(0, 2, 1), grad_out)
-        grad_columns = _ungrouped(g, numpy.matmul(grad_out, weight_gemm.transpose(0, 2, 1)), n)
+        grad_offsets = numpy.empty_like(offsets)
+        grad_modulation = numpy.empty(offsets.shape[:-1], dtype=dtype)
 
-        grad_rows = numpy.zeros_like(data)
-        _scatter_rows(grad_rows, grad_columns, corners, rows, row_steps, modulation)
+        def work(part):
+            # Each worker sums its own input and weight gradients: no shared writes.
+            block_columns = _BlockColumns(g, data)
+            grad_rows = numpy.zeros_like(data)
+            grad_weight = numpy.zeros_like(weight_gemm)
+            for pixels in _blocks(g, part, data):
+                sampling = _sampling(g, pixels, offsets, modulation, derivatives=True)
+                values, columns = block_columns(sampling)
+                block_grad_out = grad_out[:, pixels]
+                grad_weight += numpy.matmul(columns.transpose(0, 2, 1), block_grad_out)
+                grad_columns = _ungrouped(g, numpy.matmul(block_grad_out,
+                                                          weight_gemm.transpose(0, 2, 1)))
+                grad_y, grad_x, grad_modulation[pixels] = _coordinate_grads(
+                    numpy.matmul(values, grad_columns), sampling)
+                grad_offsets[pixels, ..., 0] = grad_y
+                grad_offsets[pixels, ..., 1] = grad_x
+                _scatter(grad_rows, sampling, grad_columns[:, :, 0])
+            return grad_rows, grad_weight
+
+        partial_grads = parallel.split(n * plane, work)
+        grad_rows = sum(rows for rows, _ in partial_grads)
+        grad_weight_gemm += sum(weight for _, weight in partial_grads)
+
         grad_padded = grad_rows.reshape(n, padded_size(height), padded_size(width), -1)
         grad_input[start:stop] = grad_padded[
             :, PAD_BEFORE:PAD_BEFORE + height, PAD_BEFORE:PAD_BEFORE + width].transpose(0, 3, 1, 2)
-
-        grad_y, grad_x, grad_m = _coordinate_grads(neighbourhoods, grad_columns, corners,
-                                                   rows, modulation)
-        # (n, P, taps, dg) -> (n, dg, taps, 2, P)
-        grad_pairs = numpy.stack([grad_y, grad_x]).transpose(1, 4, 3, 0, 2)
-        grad_offset[start:stop] = grad_pairs.reshape(n, 2 * dg * taps, g.out_h, g.out_w)
+        grad_offset[start:stop] = _from_pixel_major(g, grad_offsets, offset.shape[1])
         if grad_mask is not None:
-            grad_mask[start:stop] = grad_m.transpose(0, 3, 2, 1).reshape(
-                n, dg * taps, g.out_h, g.out_w)
+            grad_mask[start:stop] = _from_pixel_major(g, grad_modulation, mask.shape[1])
 
     grad_weight = grad_weight_gemm.reshape(
-        g.groups, taps, g.in_channels // g.groups, -1).transpose(0, 3, 2, 1)
+        g.groups, g.taps, g.in_channels // g.groups, -1).transpose(0, 3, 2, 1)
     grad_weight = numpy.ascontiguousarray(grad_weight).reshape(weight.shape)
     grad_bias = None if bias is None else grad_output.sum(axis=(0, 2, 3)).astype(dtype)
     return grad_input, grad_offset, grad_weight, grad_bias, grad_mask

@@ -3,7 +3,7 @@
 Shape: input (4, 64, 56, 56), 64 outputs, 3x3, padding 1, offsets of about 2
 pixels, float32. Prints the medians and their ratio (cudeform / onnxruntime).
 
-    python benchmarks/cpu_forward.py [--repeats 15] [--threads 2]
+    python tests/bench_cpu_forward.py [--repeats 15] [--threads 2]
 """
 
 from __future__ import annotations

@@ -1,0 +1,62 @@
+"""Split NumPy work over the CPU's cores.
+
+NumPy releases the GIL inside ``take`` and ``matmul``, so threads that write
+into their own buffers run in parallel. While they run, BLAS is held to one
+thread: its idle threads busy-wait, and next to our workers they would take
+the cores away from them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+
+ENVIRONMENT_VARIABLE = "CUDEFORM_NUM_THREADS"
+
+
+def worker_count():
+    """Threads used by the NumPy path: ``$CUDEFORM_NUM_THREADS``, else the usable cores."""
+    value = os.environ.get(ENVIRONMENT_VARIABLE)
+    if value:
+        try:
+            count = int(value)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"{ENVIRONMENT_VARIABLE} is not valid: expected a positive "
+                             f"integer, got {value!r}")
+        return count
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers):
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cudeform")
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    import threadpoolctl
+
+    return threadpoolctl.ThreadpoolController()
+
+
+def split(count, function):
+    """``[function(part) for part in parts]`` over contiguous slices covering ``range(count)``.
+
+    The parts run in parallel, one per worker, with single-threaded BLAS; the
+    split depends only on ``count`` and the worker count, so results are
+    reproducible for a given ``CUDEFORM_NUM_THREADS``. Exceptions propagate.
+    """
+    workers = max(1, min(worker_count(), count))
+    bounds = [count * i // workers for i in range(workers + 1)]
+    parts = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    if workers == 1:
+        return [function(parts[0])]
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        futures = [_pool(workers).submit(function, part) for part in parts]
+        return [future.result() for future in futures]
