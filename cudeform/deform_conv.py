@@ -85,8 +85,9 @@ def deform_conv2d(input, offset, weight, bias=None, *, stride=1, padding=0, dila
         return cpu.forward(a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
     from cudeform._gpu import deform_conv as gpu
 
-    return gpu.forward(a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g,
-                       **_gpu_kwargs(xp, dtype))
+    with a["input"].device:  # allocate and launch on the arrays' GPU
+        return gpu.forward(a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g,
+                           **_gpu_kwargs(xp, dtype))
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, stride=1,
@@ -121,4 +122,5 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, str
         return DeformConv2dGrads(*cpu.backward(*args))
     from cudeform._gpu import deform_conv as gpu
 
-    return DeformConv2dGrads(*gpu.backward(*args, **_gpu_kwargs(xp, dtype)))
+    with a["input"].device:  # allocate and launch on the arrays' GPU
+        return DeformConv2dGrads(*gpu.backward(*args, **_gpu_kwargs(xp, dtype)))

@@ -4,8 +4,11 @@
 // joined as text by cudeform/_gpu/source.py (so CuPy's cache key sees every byte).
 // Kernels are grid-stride loops without shared memory or warp intrinsics, so the
 // same text also compiles as plain C++ under tests/host/shim.h.
+//
+// CUDEFORM_16BIT_TYPES is defined only for __half and __nv_bfloat16 modules, so
+// that float and double builds do not need CUDA's fp16/bf16 headers.
 
-#ifndef CUDEFORM_HOST_SHIM
+#ifdef CUDEFORM_16BIT_TYPES
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #endif
@@ -14,7 +17,7 @@ namespace cudeform {
 
 // Accumulation type: 16-bit storage types accumulate in float.
 template <typename T> struct accumulate { typedef T type; };
-#ifndef CUDEFORM_HOST_SHIM
+#ifdef CUDEFORM_16BIT_TYPES
 template <> struct accumulate<__half> { typedef float type; };
 template <> struct accumulate<__nv_bfloat16> { typedef float type; };
 #endif
@@ -25,7 +28,7 @@ template <typename T> __device__ __forceinline__ typename accumulate<T>::type to
 template <typename T> __device__ __forceinline__ T from_acc(typename accumulate<T>::type v) {
   return v;
 }
-#ifndef CUDEFORM_HOST_SHIM
+#ifdef CUDEFORM_16BIT_TYPES
 template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
 template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {

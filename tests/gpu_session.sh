@@ -2,7 +2,7 @@
 # One GPU session: record the environment, install cudeform offline, run the whole
 # suite (GPU tests included) and the CPU benchmark. Run from the repository root;
 # results go to $OUT. Every step runs even if an earlier one failed; the exit status
-# is pytest's. Wheels carried in wheels/ (hypothesis, onnx, onnxruntime) are installed
+# is pytest's. Wheels carried in wheels/ (hypothesis, onnx, onnxruntime, threadpoolctl) are installed
 # offline when present.
 set -u
 OUT=${OUT:-$PWD/gpu-session-out}
@@ -24,7 +24,7 @@ print('CUDA path', cupy.cuda.get_cuda_path())" 2>&1 | tail -n 2
 } > "$OUT/env.txt" 2>&1
 
 if [ -d wheels ]; then
-  for package in hypothesis onnx onnxruntime; do
+  for package in hypothesis onnx onnxruntime threadpoolctl; do
     "$PY" -m pip install --no-index --find-links wheels "$package" >> "$OUT/install.txt" 2>&1 \
       || note "could not install $package from wheels/"
   done
@@ -34,20 +34,11 @@ if ! "$PY" -m pip install --no-deps --no-build-isolation --no-index -e . >> "$OU
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-# tests/test_deform_conv.py imports hypothesis at module level: without it the module
-# would be a collection error, so it is left out (and said so) instead, with the
-# hypothesis pytest plugin.
-IGNORE=()
-if ! "$PY" -c "import hypothesis" 2>/dev/null; then
-  IGNORE=(--ignore=tests/test_deform_conv.py -p no:hypothesispytest)
-  note "hypothesis missing: tests/test_deform_conv.py not collected"
-fi
-
 # Stop pytest (SIGINT: it still writes its summary and junit) before a 10-minute call limit.
 LIMIT=()
 command -v timeout > /dev/null && LIMIT=(timeout -s INT -k 30 "${PYTEST_TIMEOUT:-480}")
 ${LIMIT[@]+"${LIMIT[@]}"} "$PY" -m pytest -q -rs -p no:cacheprovider \
-  --junitxml="$OUT/junit.xml" ${IGNORE[@]+"${IGNORE[@]}"} tests > "$OUT/pytest.txt" 2>&1
+  --junitxml="$OUT/junit.xml" tests > "$OUT/pytest.txt" 2>&1
 pytest_rc=$?
 tail -n 40 "$OUT/pytest.txt"
 

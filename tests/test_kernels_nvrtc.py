@@ -1,7 +1,7 @@
 """Every kernel instantiation compiles to SASS with NVRTC, without a GPU.
 
 Each (family, element type, index type) is compiled as ``cupy.RawModule`` would compile
-it: ``family_source(family)`` with the family's name expressions and ``COMPILE_OPTIONS``,
+it: ``family_source(family)`` with the family's name expressions and ``compile_options``,
 plus a real ``--gpu-architecture=sm_XX`` so that NVRTC must produce a cubin. CUDA 13
 dropped Volta, so sm_70 is compiled with NVRTC 12; the other architectures with both.
 NVRTC and the CUDA headers come from the pip wheels; a missing one skips its cases.
@@ -15,10 +15,8 @@ import re
 import pytest
 
 from cudeform._gpu.signatures import ELEMENT_TYPES, FAMILIES, HEADERS, INDEX_TYPES
-from cudeform._gpu.source import family_source, kernel_dir
+from cudeform._gpu.source import COMPILE_OPTIONS, compile_options, family_source, kernel_dir
 from tests import nvrtc
-
-from cudeform._gpu.source import COMPILE_OPTIONS  # noqa: E402
 
 # (NVRTC major version, SM architecture) pairs compiled to cubin.
 TARGETS = ((12, 70), (12, 80), (12, 90), (13, 75), (13, 80), (13, 90))
@@ -56,7 +54,11 @@ def _name_expressions(family, dtype, index_bits):
 def _compile(major, arch, family, dtype, index_bits):
     """The compiled program of one instantiation, shared by the tests of this file."""
     library, include_dir = _toolkit(major, arch)
-    options = (*COMPILE_OPTIONS, f"--gpu-architecture=sm_{arch}", f"-I{include_dir}")
+    element_type = ELEMENT_TYPES[dtype]
+    options = (*compile_options(element_type), f"--gpu-architecture=sm_{arch}")
+    if element_type in ("__half", "__nv_bfloat16"):
+        # Only 16-bit builds include CUDA's headers; float and double compile without them.
+        options += (f"-I{include_dir}",)
     try:
         return library.compile(family_source(family), f"{family}.cu", options,
                                _name_expressions(family, dtype, index_bits))

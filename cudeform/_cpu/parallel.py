@@ -40,8 +40,10 @@ def _pool(workers):
 
 @functools.lru_cache(maxsize=None)
 def _blas_controller():
-    import threadpoolctl
-
+    try:
+        import threadpoolctl
+    except ImportError:  # a dependency, but without it run on one thread rather than fail
+        return None
     return threadpoolctl.ThreadpoolController()
 
 
@@ -53,6 +55,8 @@ def split(count, function):
     reproducible for a given ``CUDEFORM_NUM_THREADS``. Exceptions propagate.
     """
     workers = max(1, min(worker_count(), count))
+    if _blas_controller() is None:
+        workers = 1
     bounds = [count * i // workers for i in range(workers + 1)]
     parts = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
     if workers == 1:

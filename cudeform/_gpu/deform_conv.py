@@ -24,7 +24,8 @@ def _shape_args(g, batch):
 
 
 def _chunks(g, itemsize):
-    # The column buffer of one image: C_in * taps rows of out_h * out_w.
+    # The column buffer of one image: C_in * taps rows of out_h * out_w, of
+    # ``itemsize`` bytes per element.
     return batch_chunks(g.batch, g.in_channels * g.taps * g.out_h * g.out_w * itemsize)
 
 
@@ -81,14 +82,19 @@ def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, x
     plane = g.out_h * g.out_w
     out_per_group = g.out_channels // g.groups
 
-    for start, stop in _chunks(g, dtype.itemsize):
+    widen = accumulate != dtype  # 16-bit columns get a float32 copy for the weight GEMM
+    for start, stop in _chunks(g, dtype.itemsize + (accumulate.itemsize if widen else 0)):
         n = stop - start
         columns, bits = _im2col(g, input, offset, mask, start, stop,
                                 dtype_name=dtype_name, xp=xp, launch=launch)
         grad_out_g = grad_output[start:stop].reshape(n, g.groups, out_per_group, plane)
         grad_out_g = xp.ascontiguousarray(grad_out_g.transpose(1, 2, 0, 3)).reshape(
             g.groups, out_per_group, n * plane)
-        grad_weight += xp.matmul(grad_out_g, columns.transpose(0, 2, 1))
+        if widen:  # sum over n * P terms in float32, not float16
+            grad_weight += xp.matmul(grad_out_g.astype(accumulate),
+                                     columns.astype(accumulate).transpose(0, 2, 1))
+        else:
+            grad_weight += xp.matmul(grad_out_g, columns.transpose(0, 2, 1))
         grad_columns = xp.matmul(weight_g.transpose(0, 2, 1), grad_out_g, out=columns)
         shape = _shape_args(g, n)
         launch(DEFORM_COL2IM, dtype_name, bits, grad_columns.size,

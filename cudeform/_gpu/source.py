@@ -9,6 +9,15 @@ from cudeform._gpu.signatures import HEADERS
 
 # NVRTC options shared by run-time compilation and the compile tests.
 COMPILE_OPTIONS = ("--std=c++17",)
+# 16-bit element types need CUDA's cuda_fp16.h/cuda_bf16.h; other builds do not.
+_SIXTEEN_BIT_TYPES = ("__half", "__nv_bfloat16")
+
+
+def compile_options(element_type):
+    """NVRTC options of a module instantiated for ``element_type`` (a C type name)."""
+    if element_type in _SIXTEEN_BIT_TYPES:
+        return COMPILE_OPTIONS + ("-DCUDEFORM_16BIT_TYPES",)
+    return COMPILE_OPTIONS
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent.parent
 

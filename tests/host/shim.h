@@ -7,8 +7,8 @@
 #ifndef CUDEFORM_TESTS_HOST_SHIM_H
 #define CUDEFORM_TESTS_HOST_SHIM_H
 
-// common.cuh skips the cuda_fp16/cuda_bf16 headers and their specialisations.
-#define CUDEFORM_HOST_SHIM 1
+// CUDEFORM_16BIT_TYPES stays undefined: common.cuh then skips the cuda_fp16/cuda_bf16
+// headers and their specialisations.
 
 #include <cmath>
 
