@@ -6,6 +6,23 @@ import numpy
 
 from cudeform._shapes import deform_conv2d_geometry
 
+# Configurations every backend comparison covers, as conv_case keyword arguments.
+CONV_CASES = {
+    "dcnv2": dict(),
+    "dcnv1-no-bias": dict(mask=False, bias=False),
+    "mask-no-bias": dict(bias=False),
+    "bias-no-mask": dict(mask=False),
+    "groups2-offset-groups4": dict(in_channels=4, out_channels=6, groups=2, offset_groups=4),
+    "groups4-offset-groups2": dict(in_channels=4, out_channels=8, groups=4, offset_groups=2),
+    "kernel32-stride21-pad10-dil21": dict(kernel=(3, 2), stride=(2, 1), padding=(1, 0),
+                                          dilation=(2, 1), size=(9, 7), offset_groups=2),
+    "batch0": dict(batch=0),
+    "batch1": dict(batch=1),
+    "batch33": dict(batch=33, in_channels=2, out_channels=3, size=(5, 4)),
+    # Offsets wider than the map send samples across every border and far outside.
+    "across-borders": dict(size=(5, 4), offset_scale=12.0, offset_groups=2),
+}
+
 # Per-dtype tolerances (rtol, atol) for comparing two implementations.
 TOLERANCES = {
     numpy.dtype("float64"): (1e-10, 1e-10),

@@ -18,7 +18,7 @@ from cudeform._cpu import deform_conv as cpu
 from cudeform._gpu import deform_conv as gpu
 from cudeform._gpu.signatures import DEFORM_IM2COL
 from cudeform._shapes import deform_conv2d_geometry
-from tests.helpers import TOLERANCES, conv_case, numerical_gradient, split_case
+from tests.helpers import CONV_CASES as CASES, TOLERANCES, conv_case, numerical_gradient, split_case
 from tests.host.loader import compiler, host_launch
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler for the host run")
@@ -78,20 +78,6 @@ def _grad_output(rng, arrays, options):
     return rng.standard_normal(g.output_shape).astype(arrays["input"].dtype)
 
 
-CASES = {
-    "dcnv2": dict(),
-    "dcnv1-no-bias": dict(mask=False, bias=False),
-    "mask-no-bias": dict(bias=False),
-    "groups2-offset-groups4": dict(in_channels=4, out_channels=6, groups=2, offset_groups=4),
-    "groups4-offset-groups2": dict(in_channels=4, out_channels=8, groups=4, offset_groups=2),
-    "kernel32-stride21-pad10-dil21": dict(kernel=(3, 2), stride=(2, 1), padding=(1, 0),
-                                          dilation=(2, 1), size=(9, 7), offset_groups=2),
-    "batch0": dict(batch=0),
-    "batch1": dict(batch=1),
-    "batch5": dict(batch=5, in_channels=2, out_channels=3, size=(5, 4)),
-    # Offsets wider than the map send samples across every border and far outside.
-    "across-borders": dict(size=(5, 4), offset_scale=12.0, offset_groups=2),
-}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: numpy.dtype(d).name)
