@@ -25,7 +25,7 @@ from cudeform._cpu.bilinear import PAD_BEFORE, padded_size, zero_padded_corners
 from cudeform._workspace import batch_chunks
 
 # Bytes of gathered corner values in one block of pixels.
-_BLOCK_BYTES = 2**21
+_BLOCK_BYTES = 2**22
 
 
 def _padded_rows(images, offset_groups):
