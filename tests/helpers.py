@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy
 
-from cudeform._shapes import deform_conv2d_geometry
+from cudeform._shapes import conv_output_size, deform_conv2d_geometry
 
 # Configurations every backend comparison covers, as conv_case keyword arguments.
 CONV_CASES = {
@@ -44,8 +44,8 @@ def conv_case(rng, *, batch=2, in_channels=4, out_channels=6, groups=1, offset_g
     height, width = size
     weight_shape = (out_channels, in_channels // groups, kh, kw)
     input_shape = (batch, in_channels, height, width)
-    out_h = (height + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (width + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
+    out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
     offset_shape = (batch, 2 * offset_groups * kh * kw, out_h, out_w)
     if off_kinks:
         whole = rng.integers(-int(offset_scale), int(offset_scale) + 1, size=offset_shape)
