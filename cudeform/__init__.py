@@ -5,11 +5,21 @@ CUDA kernels are compiled at run time by CuPy; NumPy arrays run on the CPU.
 
 from cudeform._workspace import set_workspace_limit, workspace_limit
 from cudeform.deform_conv import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
+from cudeform.deform_psroi_pool import (
+    DeformPSRoIPoolGrads, deform_psroi_pool, deform_psroi_pool_backward,
+)
+from cudeform.deform_roi_pool import DeformRoIPoolGrads, deform_roi_pool, deform_roi_pool_backward
 
 __all__ = [
     "DeformConv2dGrads",
+    "DeformPSRoIPoolGrads",
+    "DeformRoIPoolGrads",
     "deform_conv2d",
     "deform_conv2d_backward",
+    "deform_psroi_pool",
+    "deform_psroi_pool_backward",
+    "deform_roi_pool",
+    "deform_roi_pool_backward",
     "set_workspace_limit",
     "workspace_limit",
 ]

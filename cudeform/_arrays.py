@@ -5,6 +5,7 @@ NumPy arrays run on the CPU, CuPy arrays on their GPU; a mix is a TypeError.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy
@@ -78,3 +79,33 @@ def common_dtype(arrays, xp):
 def contiguous(xp, array):
     """``array`` as C-contiguous (copied only when needed); ``None`` stays ``None``."""
     return None if array is None else xp.ascontiguousarray(array)
+
+
+def prepare(arrays):
+    """Dispatch and dtype checks for one op call.
+
+    Args:
+        arrays: dict ``{name: array or None}``; the first entry names the dtype reference.
+
+    Returns:
+        ``(xp, dtype, arrays)`` with every array C-contiguous.
+    """
+    xp = array_module(arrays)
+    dtype = common_dtype(arrays, xp)
+    return xp, dtype, {name: contiguous(xp, a) for name, a in arrays.items()}
+
+
+def gpu_context(xp, array):
+    """Context that makes ``array``'s GPU current (nothing for NumPy)."""
+    if xp is numpy:
+        return contextlib.nullcontext()
+    return array.device
+
+
+def gpu_options(dtype):
+    """Keyword arguments of the ``cudeform._gpu`` host logic for CuPy arrays of ``dtype``."""
+    import cupy
+
+    from cudeform._gpu.launch import cuda_launch
+
+    return dict(dtype_name=dtype.name, xp=cupy, launch=cuda_launch)

@@ -172,3 +172,148 @@ def check_grad_output(grad_output_shape, expected_shape):
     """Validate ``grad_output`` against the shape the forward produced."""
     _require_ndim(grad_output_shape, len(expected_shape), "grad_output")
     _require_shape(grad_output_shape, expected_shape, "grad_output")
+
+
+def _positive_float(value, name):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} is not valid: expected a positive number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise ValueError(f"{name} is not valid: expected a positive number, got {value!r}")
+    return number
+
+
+def _finite_float(value, name):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} is not valid: expected a finite number, got {value!r}") from None
+    if number != number or abs(number) == float("inf"):
+        raise ValueError(f"{name} is not valid: expected a finite number, got {value!r}")
+    return number
+
+
+def _positive_int(value, name, minimum=1):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} is not valid: expected an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_input_and_rois(input_shape, rois_shape):
+    _require_ndim(input_shape, 4, "input")
+    if int(input_shape[2]) < 1 or int(input_shape[3]) < 1:
+        raise ValueError(f"input.shape is not valid: expected a positive height and width, "
+                         f"got {tuple(input_shape)}")
+    _require_ndim(rois_shape, 2, "rois")
+    if int(rois_shape[1]) != 5:
+        raise ValueError(f"rois.shape is not valid: expected (R, 5) rows of (batch_index, x1, "
+                         f"y1, x2, y2), got {tuple(rois_shape)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoIPoolGeometry:
+    """Every size and parameter of a ``deform_roi_pool`` call, validated."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    rois: int
+    pooled_h: int
+    pooled_w: int
+    spatial_scale: float
+    sampling_ratio: int
+    gamma: float
+
+    @property
+    def output_shape(self):
+        return (self.rois, self.channels, self.pooled_h, self.pooled_w)
+
+    @property
+    def offset_shape(self):
+        return (self.rois, 2, self.pooled_h, self.pooled_w)
+
+
+def deform_roi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, output_size,
+                             spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+    """Validate a ``deform_roi_pool`` call (OPS_SPEC section 2) and return its geometry."""
+    _check_input_and_rois(input_shape, rois_shape)
+    pooled_h, pooled_w = pair(output_size, "output_size", minimum=1)
+    geometry = RoIPoolGeometry(
+        *(int(s) for s in input_shape), int(rois_shape[0]), pooled_h, pooled_w,
+        _positive_float(spatial_scale, "spatial_scale"),
+        _positive_int(sampling_ratio, "sampling_ratio", minimum=0),
+        _finite_float(gamma, "gamma"),
+    )
+    if offset_shape is not None:
+        _require_shape(offset_shape, geometry.offset_shape, "offset")
+    return geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class PSRoIPoolGeometry:
+    """Every size and parameter of a ``deform_psroi_pool`` call, validated."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    rois: int
+    output_dim: int
+    group_size: int
+    pooled_size: int
+    part_size: int
+    sample_per_part: int
+    spatial_scale: float
+    trans_std: float
+    num_classes: int
+
+    @property
+    def channels_each_class(self):
+        return self.output_dim // self.num_classes
+
+    @property
+    def output_shape(self):
+        return (self.rois, self.output_dim, self.pooled_size, self.pooled_size)
+
+    @property
+    def offset_shape(self):
+        return (self.rois, 2 * self.num_classes, self.part_size, self.part_size)
+
+
+def deform_psroi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, output_dim,
+                               group_size, pooled_size, part_size=None, sample_per_part=4,
+                               spatial_scale=1.0, trans_std=0.1):
+    """Validate a ``deform_psroi_pool`` call (OPS_SPEC section 3) and return its geometry."""
+    _check_input_and_rois(input_shape, rois_shape)
+    output_dim = _positive_int(output_dim, "output_dim")
+    group_size = _positive_int(group_size, "group_size")
+    pooled_size = _positive_int(pooled_size, "pooled_size")
+    part_size = pooled_size if part_size is None else _positive_int(part_size, "part_size")
+    sample_per_part = _positive_int(sample_per_part, "sample_per_part")
+    channels = int(input_shape[1])
+    if channels != output_dim * group_size * group_size:
+        raise ValueError(
+            f"input.shape[1] is not valid: expected output_dim*group_size**2="
+            f"{output_dim * group_size * group_size}, got {channels}")
+    num_classes = 1
+    if offset_shape is not None:
+        _require_ndim(offset_shape, 4, "offset")
+        offset_channels = int(offset_shape[1])
+        if offset_channels < 2 or offset_channels % 2:
+            raise ValueError(f"offset.shape[1] is not valid: expected a positive even number "
+                             f"2*num_classes, got {offset_channels}")
+        num_classes = offset_channels // 2
+        if output_dim % num_classes:
+            raise ValueError(f"offset.shape[1] is not valid: num_classes={num_classes} must "
+                             f"divide output_dim={output_dim}, got {offset_channels} channels")
+    geometry = PSRoIPoolGeometry(
+        *(int(s) for s in input_shape), int(rois_shape[0]), output_dim, group_size,
+        pooled_size, part_size, sample_per_part,
+        _positive_float(spatial_scale, "spatial_scale"), _finite_float(trans_std, "trans_std"),
+        num_classes,
+    )
+    if offset_shape is not None:
+        _require_shape(offset_shape, geometry.offset_shape, "offset")
+    return geometry

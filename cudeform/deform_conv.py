@@ -17,21 +17,13 @@ DeformConv2dGrads.__doc__ = """Gradients of :func:`deform_conv2d`.
 
 
 def _prepare(arrays, stride, padding, dilation):
-    xp = _arrays.array_module(arrays)
-    dtype = _arrays.common_dtype(arrays, xp)
+    xp, dtype, arrays = _arrays.prepare(arrays)
     g = deform_conv2d_geometry(
         arrays["input"].shape, arrays["offset"].shape, arrays["weight"].shape,
         None if arrays["bias"] is None else arrays["bias"].shape,
         None if arrays["mask"] is None else arrays["mask"].shape,
         stride=stride, padding=padding, dilation=dilation)
-    arrays = {name: _arrays.contiguous(xp, a) for name, a in arrays.items()}
     return xp, dtype, g, arrays
-
-
-def _gpu_kwargs(xp, dtype):
-    from cudeform._gpu.launch import cuda_launch
-
-    return dict(dtype_name=dtype.name, xp=xp, launch=cuda_launch)
 
 
 def deform_conv2d(input, offset, weight, bias=None, *, stride=1, padding=0, dilation=1,
@@ -79,15 +71,15 @@ def deform_conv2d(input, offset, weight, bias=None, *, stride=1, padding=0, dila
     """
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
+    args = (a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
     if xp is numpy:
         from cudeform._cpu import deform_conv as cpu
 
-        return cpu.forward(a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
+        return cpu.forward(*args)
     from cudeform._gpu import deform_conv as gpu
 
-    with a["input"].device:  # allocate and launch on the arrays' GPU
-        return gpu.forward(a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g,
-                           **_gpu_kwargs(xp, dtype))
+    with _arrays.gpu_context(xp, a["input"]):  # allocate and launch on the arrays' GPU
+        return gpu.forward(*args, **_arrays.gpu_options(dtype))
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, stride=1,
@@ -122,5 +114,5 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, str
         return DeformConv2dGrads(*cpu.backward(*args))
     from cudeform._gpu import deform_conv as gpu
 
-    with a["input"].device:  # allocate and launch on the arrays' GPU
-        return DeformConv2dGrads(*gpu.backward(*args, **_gpu_kwargs(xp, dtype)))
+    with _arrays.gpu_context(xp, a["input"]):  # allocate and launch on the arrays' GPU
+        return DeformConv2dGrads(*gpu.backward(*args, **_arrays.gpu_options(dtype)))

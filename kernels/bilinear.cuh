@@ -1,7 +1,10 @@
-// Bilinear sampling and its two gradients (value and coordinate), written once.
+// Bilinear sampling and its two gradients (value and coordinate), written once,
+// with the three border rules of the operators: zero padding (deformable
+// convolution), RoIAlign clamping (deformable RoI pooling) and MXNet's clamping
+// (deformable position-sensitive RoI pooling).
 //
-// The corners of a point (y, x) are (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1)
-// with y0 = floor(y), x0 = floor(x), numbered 0..3 in that order.
+// The corners of a point (y, x) are (y0, x0), (y0, x1), (y1, x0), (y1, x1),
+// numbered 0..3 in that order; y1 = y0 + 1 unless a rule clamps it.
 
 namespace cudeform {
 
@@ -54,6 +57,83 @@ __device__ __forceinline__ bool zero_padded_corners(A y, A x, I height, I width,
     }
   }
   return true;
+}
+
+// RoIAlign rule (deformable RoI pooling): the point contributes only if
+// -1 <= y <= height and -1 <= x <= width (NaN fails). Negative coordinates clamp
+// to 0, and a low corner at or past the last row (column) clamps both corners
+// to it. A clamped coordinate has zero derivative. Returns false outside.
+template <typename A, typename I>
+__device__ __forceinline__ bool roi_align_corners(A y, A x, I height, I width,
+                                                  BilinearCorners<A, I>& c) {
+  for (int q = 0; q < 4; ++q) {
+    c.index[q] = 0;
+    c.valid[q] = false;
+    c.weight[q] = A(0);
+    c.weight_dy[q] = A(0);
+    c.weight_dx[q] = A(0);
+  }
+  if (!(y >= A(-1) && y <= A(height) && x >= A(-1) && x <= A(width))) return false;
+  bool clamped_y = false, clamped_x = false;
+  if (y <= A(0)) { y = A(0); clamped_y = true; }
+  if (x <= A(0)) { x = A(0); clamped_x = true; }
+  I y0 = static_cast<I>(floor(y));
+  I x0 = static_cast<I>(floor(x));
+  I y1 = y0 + 1, x1 = x0 + 1;
+  if (y0 >= height - 1) { y0 = y1 = height - 1; y = A(y0); clamped_y = true; }
+  if (x0 >= width - 1) { x0 = x1 = width - 1; x = A(x0); clamped_x = true; }
+  const A ly = y - A(y0);
+  const A lx = x - A(x0);
+  const A wy[2] = {A(1) - ly, ly};
+  const A wx[2] = {A(1) - lx, lx};
+  const A dwy[2] = {clamped_y ? A(0) : A(-1), clamped_y ? A(0) : A(1)};
+  const A dwx[2] = {clamped_x ? A(0) : A(-1), clamped_x ? A(0) : A(1)};
+  const I rows[2] = {y0, y1};
+  const I cols[2] = {x0, x1};
+  for (int a = 0; a < 2; ++a) {
+    for (int b = 0; b < 2; ++b) {
+      const int q = 2 * a + b;
+      c.index[q] = rows[a] * width + cols[b];
+      c.valid[q] = true;
+      c.weight[q] = wy[a] * wx[b];
+      c.weight_dy[q] = dwy[a] * wx[b];
+      c.weight_dx[q] = wy[a] * dwx[b];
+    }
+  }
+  return true;
+}
+
+// Position-sensitive RoI pooling rule (MXNet): the caller has skipped samples
+// outside [-0.5, height - 0.5] x [-0.5, width - 0.5]; the point is clamped to
+// [0, height-1] x [0, width-1] and read from its floor and ceil corners. The
+// derivative is the slope at the clamped position (0 where floor == ceil).
+template <typename A, typename I>
+__device__ __forceinline__ void clamped_corners(A y, A x, I height, I width,
+                                                BilinearCorners<A, I>& c) {
+  y = y < A(0) ? A(0) : (y > A(height - 1) ? A(height - 1) : y);
+  x = x < A(0) ? A(0) : (x > A(width - 1) ? A(width - 1) : x);
+  const A y_floor = floor(y);
+  const A x_floor = floor(x);
+  const I y0 = static_cast<I>(y_floor);
+  const I x0 = static_cast<I>(x_floor);
+  const I rows[2] = {y0, static_cast<I>(ceil(y))};
+  const I cols[2] = {x0, static_cast<I>(ceil(x))};
+  const A ly = y - y_floor;
+  const A lx = x - x_floor;
+  const A wy[2] = {A(1) - ly, ly};
+  const A wx[2] = {A(1) - lx, lx};
+  const A dwy[2] = {A(-1), A(1)};
+  const A dwx[2] = {A(-1), A(1)};
+  for (int a = 0; a < 2; ++a) {
+    for (int b = 0; b < 2; ++b) {
+      const int q = 2 * a + b;
+      c.index[q] = rows[a] * width + cols[b];
+      c.valid[q] = true;
+      c.weight[q] = wy[a] * wx[b];
+      c.weight_dy[q] = dwy[a] * wx[b];
+      c.weight_dx[q] = wy[a] * dwx[b];
+    }
+  }
 }
 
 // Sampled value: sum of weight * plane[corner] over valid corners.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy
 
 from cudeform._gpu.signatures import (
-    ACC_OUT, ACCUMULATE_DTYPES, ELEMENT_TYPES, INDEX_DTYPES, INDEX_TYPES, SIZE,
+    ACC_OUT, ACCUMULATE_DTYPES, ELEMENT_TYPES, INDEX_DTYPES, INDEX_TYPES, SCALAR, SIZE,
 )
 
 BLOCK = 256
@@ -41,7 +41,8 @@ def kernel_arguments(kernel, dtype_name, bits, args):
     """Check ``args`` (a dict by parameter name) and return them in order, cast.
 
     Pointers stay arrays (``None`` for a nullable null pointer); sizes become
-    ``numpy.int32``/``numpy.int64`` to match the index type.
+    ``numpy.int32``/``numpy.int64`` to match the index type, and real scalars
+    ``numpy.float32``/``numpy.float64`` to match the accumulation type.
     """
     index_dtype = INDEX_DTYPES[bits]
     limit = numpy.iinfo(index_dtype)
@@ -55,6 +56,9 @@ def kernel_arguments(kernel, dtype_name, bits, args):
             if not limit.min <= value <= limit.max:
                 raise OverflowError(f"{kernel.name}: {name}={value} overflows {INDEX_TYPES[bits]}")
             values.append(index_dtype(value))
+            continue
+        if kind == SCALAR:
+            values.append(numpy.dtype(ACCUMULATE_DTYPES[dtype_name]).type(value))
             continue
         if value is None:
             if name not in kernel.nullable:

@@ -15,6 +15,7 @@ IN = "const T*"
 OUT = "T*"
 ACC_OUT = "A*"
 SIZE = "I"
+SCALAR = "A"  # a real number, passed in the accumulation type
 
 # C element type of each supported storage dtype name.
 ELEMENT_TYPES = {
@@ -69,8 +70,18 @@ DEFORM_COL2IM_COORD = Kernel(
     frozenset({"mask", "grad_mask"}),
 )
 
+# --- deform_roi_pool (kernels/deform_roi_pool.cu) ---------------------------------------
+DEFORM_ROI_POOL_KERNELS = ()
+
+# --- deform_psroi_pool (kernels/deform_psroi_pool.cu) -----------------------------------
+DEFORM_PSROI_POOL_KERNELS = ()
+
 # Kernel families: one .cu file each, compiled after the shared headers.
 FAMILIES = {
-    "deform_conv": (DEFORM_IM2COL, DEFORM_COL2IM, DEFORM_COL2IM_COORD),
+    name: kernels for name, kernels in (
+        ("deform_conv", (DEFORM_IM2COL, DEFORM_COL2IM, DEFORM_COL2IM_COORD)),
+        ("deform_roi_pool", DEFORM_ROI_POOL_KERNELS),
+        ("deform_psroi_pool", DEFORM_PSROI_POOL_KERNELS),
+    ) if kernels
 }
 HEADERS = ("common.cuh", "bilinear.cuh")

@@ -21,7 +21,7 @@ import tempfile
 
 from cudeform._gpu.launch import kernel_arguments
 from cudeform._gpu.signatures import (
-    ACC_OUT, ELEMENT_TYPES, FAMILIES, IN, INDEX_TYPES, OUT, SIZE,
+    ACC_OUT, ELEMENT_TYPES, FAMILIES, IN, INDEX_TYPES, OUT, SCALAR, SIZE,
 )
 from cudeform._gpu.source import family_source
 
@@ -30,6 +30,7 @@ COMPILE_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17")
 # The host has no 16-bit CUDA types; float and double cover the CPU dtypes.
 HOST_DTYPES = ("float32", "float64")
 _C_SIZES = {32: ctypes.c_int, 64: ctypes.c_longlong}
+_C_SCALARS = {"float32": ctypes.c_float, "float64": ctypes.c_double}
 
 
 def compiler():
@@ -46,6 +47,7 @@ def _c_parameter(kind, name, element_type, index_type):
         IN: f"const {element_type}*",
         OUT: f"{element_type}*",
         ACC_OUT: f"cudeform::accumulate<{element_type}>::type*",
+        SCALAR: f"cudeform::accumulate<{element_type}>::type",
         SIZE: index_type,
     }[kind]
     return f"{c_type} {name}"
@@ -101,8 +103,8 @@ def _library(family):
 @functools.lru_cache(maxsize=None)
 def _function(kernel, dtype_name, bits):
     function = getattr(_library(kernel.family), wrapper_name(kernel, dtype_name, bits))
-    function.argtypes = [_C_SIZES[bits] if kind == SIZE else ctypes.c_void_p
-                         for _, kind in kernel.params]
+    c_types = {SIZE: _C_SIZES[bits], SCALAR: _C_SCALARS[dtype_name]}
+    function.argtypes = [c_types.get(kind, ctypes.c_void_p) for _, kind in kernel.params]
     function.restype = None
     return function
 
@@ -114,11 +116,13 @@ def host_launch(kernel, dtype_name, bits, count, **args):
     values = kernel_arguments(kernel, dtype_name, bits, args)
     if count == 0:
         return
-    c_size = _C_SIZES[bits]
+    c_size, c_scalar = _C_SIZES[bits], _C_SCALARS[dtype_name]
     c_values = []
     for (_, kind), value in zip(kernel.params, values):
         if kind == SIZE:
             c_values.append(c_size(int(value)))
+        elif kind == SCALAR:
+            c_values.append(c_scalar(float(value)))
         else:
             c_values.append(ctypes.c_void_p(None if value is None else value.ctypes.data))
     # ``values`` keeps every array alive until the call returns.

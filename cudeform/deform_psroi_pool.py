@@ -1,0 +1,114 @@
+"""Public deformable position-sensitive RoI pooling API (R-FCN head; MXNet semantics)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy
+
+from cudeform import _arrays
+from cudeform._shapes import check_grad_output, deform_psroi_pool_geometry
+
+DeformPSRoIPoolGrads = collections.namedtuple("DeformPSRoIPoolGrads", ["input", "offset"])
+DeformPSRoIPoolGrads.__doc__ = """Gradients of :func:`deform_psroi_pool`; ``offset`` is
+None when the forward had no offset."""
+
+
+def _prepare(arrays, options):
+    xp, dtype, arrays = _arrays.prepare(arrays)
+    offset = arrays["offset"]
+    g = deform_psroi_pool_geometry(arrays["input"].shape, arrays["rois"].shape,
+                                   None if offset is None else offset.shape, **options)
+    return xp, dtype, g, arrays
+
+
+def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
+                      part_size=None, sample_per_part=4, spatial_scale=1.0, trans_std=0.1):
+    r"""Deformable position-sensitive RoI pooling, the R-FCN head of Dai et al. 2017.
+
+    Output bin ``(ph, pw)`` of channel ``ctop`` averages ``sample_per_part**2``
+    bilinear samples of input channel ``(ctop*group_size + gh)*group_size + gw``
+    (``gh, gw`` the bin's position-sensitive group), inside the bin moved by
+    ``trans_std * (offset[r, 2*cls], offset[r, 2*cls+1])`` times the RoI size,
+    where ``cls = ctop // (output_dim // num_classes)``
+    (https://arxiv.org/abs/1703.06211). ``offset=None`` is MXNet's ``no_trans``.
+
+    Args:
+        input (ndarray[N, output_dim*group_size**2, H, W]): score maps.
+        rois (ndarray[R, 5]): rows ``(batch_index, x1, y1, x2, y2)`` in image coordinates.
+        offset (ndarray[R, 2*num_classes, part_size, part_size], optional): normalised
+            offsets, channel ``2*cls`` dx and ``2*cls+1`` dy.
+        output_dim (int): output channels.
+        group_size (int): position-sensitive groups per side.
+        pooled_size (int): output bins per side.
+        part_size (int, optional): offset grid per side; defaults to ``pooled_size``.
+        sample_per_part (int): samples per bin side.
+        spatial_scale (float): image-to-feature-map scale, e.g. 1/16.
+        trans_std (float): offset scale, 0.1 in the paper.
+
+    Returns:
+        ndarray[R, output_dim, pooled_size, pooled_size] of the input's type and dtype.
+
+    Notes:
+        RoI corners are rounded (halves away from zero) before scaling. Samples
+        outside ``[-0.5, W-0.5] x [-0.5, H-0.5]`` are skipped and the mean is over
+        the remaining ones (0 if none). A RoI whose batch index is not in
+        ``[0, N)``, or whose coordinates are NaN, pools to zeros (and gets zero
+        gradients); it never reads or writes out of bounds. NumPy arrays run on
+        the CPU (float32, float64), CuPy arrays on their GPU (also float16 and
+        bfloat16, accumulated in float32).
+
+    Raises:
+        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        ValueError: a shape or parameter that breaks the contract, named in the message.
+    """
+    options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
+                   part_size=part_size, sample_per_part=sample_per_part,
+                   spatial_scale=spatial_scale, trans_std=trans_std)
+    xp, dtype, g, a = _prepare(dict(input=input, rois=rois, offset=offset), options)
+    args = (a["input"], a["rois"], a["offset"], g)
+    if xp is numpy:
+        from cudeform._cpu import deform_psroi_pool as cpu
+
+        return cpu.forward(*args)
+    from cudeform._gpu import deform_psroi_pool as gpu
+
+    with _arrays.gpu_context(xp, a["input"]):
+        return gpu.forward(*args, **_arrays.gpu_options(dtype))
+
+
+def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_dim,
+                               group_size, pooled_size, part_size=None, sample_per_part=4,
+                               spatial_scale=1.0, trans_std=0.1):
+    """Gradients of :func:`deform_psroi_pool` with respect to ``input`` and ``offset``.
+
+    Args:
+        grad_output (ndarray[R, output_dim, pooled_size, pooled_size]): gradient of
+            the loss with respect to the output.
+        input, rois, offset, ...: the forward's arguments.
+
+    Returns:
+        DeformPSRoIPoolGrads: named tuple ``(input, offset)``; ``offset`` is None
+        when the forward had none. ``rois`` gets no gradient.
+
+    Notes:
+        The offset gradient is the derivative of the forward expression through
+        ``tx, ty``; a clamped sample uses the bilinear slope at its clamped
+        position (0 where floor == ceil). On the GPU the input gradient is
+        accumulated with atomicAdd. First order only.
+    """
+    options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
+                   part_size=part_size, sample_per_part=sample_per_part,
+                   spatial_scale=spatial_scale, trans_std=trans_std)
+    xp, dtype, g, a = _prepare(
+        dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
+    check_grad_output(a["grad_output"].shape, g.output_shape)
+    args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
+    if xp is numpy:
+        from cudeform._cpu import deform_psroi_pool as cpu
+
+        return DeformPSRoIPoolGrads(*cpu.backward(*args))
+    from cudeform._gpu import deform_psroi_pool as gpu
+
+    with _arrays.gpu_context(xp, a["input"]):
+        return DeformPSRoIPoolGrads(*gpu.backward(*args, **_arrays.gpu_options(dtype)))

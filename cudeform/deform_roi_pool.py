@@ -1,0 +1,107 @@
+"""Public deformable RoI pooling API (Dai et al. 2017, section 2.2; mmcv semantics)."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy
+
+from cudeform import _arrays
+from cudeform._shapes import check_grad_output, deform_roi_pool_geometry
+
+DeformRoIPoolGrads = collections.namedtuple("DeformRoIPoolGrads", ["input", "offset"])
+DeformRoIPoolGrads.__doc__ = """Gradients of :func:`deform_roi_pool`; ``offset`` is None
+when the forward had no offset."""
+
+
+def _prepare(arrays, options):
+    xp, dtype, arrays = _arrays.prepare(arrays)
+    offset = arrays["offset"]
+    g = deform_roi_pool_geometry(arrays["input"].shape, arrays["rois"].shape,
+                                 None if offset is None else offset.shape, **options)
+    return xp, dtype, g, arrays
+
+
+def deform_roi_pool(input, rois, offset=None, *, output_size, spatial_scale=1.0,
+                    sampling_ratio=0, gamma=0.1):
+    r"""Deformable RoI pooling: RoIAlign average pooling with a learned shift per bin.
+
+    Each RoI ``(batch_index, x1, y1, x2, y2)`` is mapped to the feature map with
+    ``spatial_scale`` and a half-pixel shift (``x * spatial_scale - 0.5``), cut
+    into ``ph x pw`` bins, and bin ``(i, j)`` is moved by
+    ``(gamma * roi_w * offset[r, 0, i, j], gamma * roi_h * offset[r, 1, i, j])``
+    before its grid of samples is averaged (Dai et al., https://arxiv.org/abs/1703.06211).
+    With ``offset=None`` this is RoIAlign with ``aligned=True`` and average pooling.
+
+    Args:
+        input (ndarray[N, C, H, W]): feature map.
+        rois (ndarray[R, 5]): rows ``(batch_index, x1, y1, x2, y2)`` in image coordinates.
+        offset (ndarray[R, 2, ph, pw], optional): normalised bin offsets, channel 0
+            dx and channel 1 dy.
+        output_size (int or (int, int)): ``(ph, pw)``.
+        spatial_scale (float): image-to-feature-map scale, e.g. 1/16.
+        sampling_ratio (int): samples per bin side; 0 picks ``ceil(roi_size / bins)``.
+        gamma (float): offset scale, 0.1 in the paper.
+
+    Returns:
+        ndarray[R, C, ph, pw] of the input's type and dtype.
+
+    Notes:
+        A sample outside ``[-1, H] x [-1, W]`` counts as 0. A RoI whose batch index
+        is not in ``[0, N)``, or whose coordinates are NaN, pools to zeros (and gets
+        zero gradients); it never reads or writes out of bounds. A degenerate RoI
+        (``x1 == x2``) with ``sampling_ratio=0`` has no samples and pools to 0.
+        NumPy arrays run on the CPU (float32, float64), CuPy arrays on their GPU
+        (also float16 and bfloat16, accumulated in float32).
+
+    Raises:
+        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        ValueError: a shape or parameter that breaks the contract, named in the message.
+    """
+    options = dict(output_size=output_size, spatial_scale=spatial_scale,
+                   sampling_ratio=sampling_ratio, gamma=gamma)
+    xp, dtype, g, a = _prepare(dict(input=input, rois=rois, offset=offset), options)
+    args = (a["input"], a["rois"], a["offset"], g)
+    if xp is numpy:
+        from cudeform._cpu import deform_roi_pool as cpu
+
+        return cpu.forward(*args)
+    from cudeform._gpu import deform_roi_pool as gpu
+
+    with _arrays.gpu_context(xp, a["input"]):
+        return gpu.forward(*args, **_arrays.gpu_options(dtype))
+
+
+def deform_roi_pool_backward(grad_output, input, rois, offset=None, *, output_size,
+                             spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+    """Gradients of :func:`deform_roi_pool` with respect to ``input`` and ``offset``.
+
+    Args:
+        grad_output (ndarray[R, C, ph, pw]): gradient of the loss with respect to
+            the output.
+        input, rois, offset, output_size, spatial_scale, sampling_ratio, gamma: the
+            forward's arguments.
+
+    Returns:
+        DeformRoIPoolGrads: named tuple ``(input, offset)``; ``offset`` is None when
+        the forward had none. ``rois`` gets no gradient.
+
+    Notes:
+        The gradients are the derivatives of the forward expression: a sample
+        coordinate clamped by the RoIAlign border rule has zero gradient. On the
+        GPU the input gradient is accumulated with atomicAdd. First order only.
+    """
+    options = dict(output_size=output_size, spatial_scale=spatial_scale,
+                   sampling_ratio=sampling_ratio, gamma=gamma)
+    xp, dtype, g, a = _prepare(
+        dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
+    check_grad_output(a["grad_output"].shape, g.output_shape)
+    args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
+    if xp is numpy:
+        from cudeform._cpu import deform_roi_pool as cpu
+
+        return DeformRoIPoolGrads(*cpu.backward(*args))
+    from cudeform._gpu import deform_roi_pool as gpu
+
+    with _arrays.gpu_context(xp, a["input"]):
+        return DeformRoIPoolGrads(*gpu.backward(*args, **_arrays.gpu_options(dtype)))
