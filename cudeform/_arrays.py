@@ -5,7 +5,7 @@ NumPy arrays run on the CPU, CuPy arrays on their GPU; a mix is a TypeError.
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import sys
 
 import numpy
@@ -95,17 +95,17 @@ def prepare(arrays):
     return xp, dtype, {name: contiguous(xp, a) for name, a in arrays.items()}
 
 
-def gpu_context(xp, array):
-    """Context that makes ``array``'s GPU current (nothing for NumPy)."""
+def run(xp, dtype, family, function, args):
+    """Call ``function`` of the NumPy or the CUDA implementation of ``family``.
+
+    NumPy arrays go to ``cudeform._cpu.<family>``; CuPy arrays to
+    ``cudeform._gpu.<family>``, on the GPU of ``args[0]`` with CuPy's launcher.
+    """
     if xp is numpy:
-        return contextlib.nullcontext()
-    return array.device
-
-
-def gpu_options(dtype):
-    """Keyword arguments of the ``cudeform._gpu`` host logic for CuPy arrays of ``dtype``."""
-    import cupy
-
+        return getattr(importlib.import_module(f"cudeform._cpu.{family}"), function)(*args)
     from cudeform._gpu.launch import cuda_launch
 
-    return dict(dtype_name=dtype.name, xp=cupy, launch=cuda_launch)
+    module = importlib.import_module(f"cudeform._gpu.{family}")
+    with args[0].device:  # allocate and launch on the arrays' GPU
+        return getattr(module, function)(*args, dtype_name=dtype.name, xp=xp,
+                                         launch=cuda_launch)

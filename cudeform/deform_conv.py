@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 
-import numpy
-
 from cudeform import _arrays
 from cudeform._shapes import check_grad_output, deform_conv2d_geometry
 
@@ -72,14 +70,7 @@ def deform_conv2d(input, offset, weight, bias=None, *, stride=1, padding=0, dila
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
     args = (a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
-    if xp is numpy:
-        from cudeform._cpu import deform_conv as cpu
-
-        return cpu.forward(*args)
-    from cudeform._gpu import deform_conv as gpu
-
-    with _arrays.gpu_context(xp, a["input"]):  # allocate and launch on the arrays' GPU
-        return gpu.forward(*args, **_arrays.gpu_options(dtype))
+    return _arrays.run(xp, dtype, "deform_conv", "forward", args)
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, stride=1,
@@ -98,21 +89,15 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, str
 
     Notes:
         On the GPU the input gradient is accumulated with atomicAdd, so its last
-        bits can vary between runs; the NumPy path is deterministic. The offset
-        gradient is the derivative of the piecewise-bilinear sample; at integer
-        sampling positions it takes the one-sided derivative from above. This is
-        a first-order backward: it has no gradient of its own (no double backward).
+        bits can vary between runs; the NumPy path is deterministic for a given
+        ``CUDEFORM_NUM_THREADS``. The offset gradient is the derivative of the
+        piecewise-bilinear sample; at integer sampling positions it takes the
+        one-sided derivative from above. This is a first-order backward: it has no
+        gradient of its own (no double backward).
     """
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask,
                   grad_output=grad_output)
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
     check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
-    if xp is numpy:
-        from cudeform._cpu import deform_conv as cpu
-
-        return DeformConv2dGrads(*cpu.backward(*args))
-    from cudeform._gpu import deform_conv as gpu
-
-    with _arrays.gpu_context(xp, a["input"]):  # allocate and launch on the arrays' GPU
-        return DeformConv2dGrads(*gpu.backward(*args, **_arrays.gpu_options(dtype)))
+    return DeformConv2dGrads(*_arrays.run(xp, dtype, "deform_conv", "backward", args))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 
-import numpy
-
 from cudeform import _arrays
 from cudeform._shapes import check_grad_output, deform_psroi_pool_geometry
 
@@ -67,14 +65,7 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
                    spatial_scale=spatial_scale, trans_std=trans_std)
     xp, dtype, g, a = _prepare(dict(input=input, rois=rois, offset=offset), options)
     args = (a["input"], a["rois"], a["offset"], g)
-    if xp is numpy:
-        from cudeform._cpu import deform_psroi_pool as cpu
-
-        return cpu.forward(*args)
-    from cudeform._gpu import deform_psroi_pool as gpu
-
-    with _arrays.gpu_context(xp, a["input"]):
-        return gpu.forward(*args, **_arrays.gpu_options(dtype))
+    return _arrays.run(xp, dtype, "deform_psroi_pool", "forward", args)
 
 
 def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_dim,
@@ -104,11 +95,4 @@ def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_
         dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
     check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
-    if xp is numpy:
-        from cudeform._cpu import deform_psroi_pool as cpu
-
-        return DeformPSRoIPoolGrads(*cpu.backward(*args))
-    from cudeform._gpu import deform_psroi_pool as gpu
-
-    with _arrays.gpu_context(xp, a["input"]):
-        return DeformPSRoIPoolGrads(*gpu.backward(*args, **_arrays.gpu_options(dtype)))
+    return DeformPSRoIPoolGrads(*_arrays.run(xp, dtype, "deform_psroi_pool", "backward", args))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 
-import numpy
-
 from cudeform import _arrays
 from cudeform._shapes import check_grad_output, deform_roi_pool_geometry
 
@@ -51,6 +49,9 @@ def deform_roi_pool(input, rois, offset=None, *, output_size, spatial_scale=1.0,
         is not in ``[0, N)``, or whose coordinates are NaN, pools to zeros (and gets
         zero gradients); it never reads or writes out of bounds. A degenerate RoI
         (``x1 == x2``) with ``sampling_ratio=0`` has no samples and pools to 0.
+        Infinite coordinates count as NaN. A bin visits only the samples of its
+        grid that can land in ``[-1, H] x [-1, W]`` (the others add 0), so a RoI far
+        larger than the map costs about the map's size, however large its grid.
         NumPy arrays run on the CPU (float32, float64), CuPy arrays on their GPU
         (also float16 and bfloat16, accumulated in float32).
 
@@ -62,14 +63,7 @@ def deform_roi_pool(input, rois, offset=None, *, output_size, spatial_scale=1.0,
                    sampling_ratio=sampling_ratio, gamma=gamma)
     xp, dtype, g, a = _prepare(dict(input=input, rois=rois, offset=offset), options)
     args = (a["input"], a["rois"], a["offset"], g)
-    if xp is numpy:
-        from cudeform._cpu import deform_roi_pool as cpu
-
-        return cpu.forward(*args)
-    from cudeform._gpu import deform_roi_pool as gpu
-
-    with _arrays.gpu_context(xp, a["input"]):
-        return gpu.forward(*args, **_arrays.gpu_options(dtype))
+    return _arrays.run(xp, dtype, "deform_roi_pool", "forward", args)
 
 
 def deform_roi_pool_backward(grad_output, input, rois, offset=None, *, output_size,
@@ -97,11 +91,4 @@ def deform_roi_pool_backward(grad_output, input, rois, offset=None, *, output_si
         dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
     check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
-    if xp is numpy:
-        from cudeform._cpu import deform_roi_pool as cpu
-
-        return DeformRoIPoolGrads(*cpu.backward(*args))
-    from cudeform._gpu import deform_roi_pool as gpu
-
-    with _arrays.gpu_context(xp, a["input"]):
-        return DeformRoIPoolGrads(*gpu.backward(*args, **_arrays.gpu_options(dtype)))
+    return DeformRoIPoolGrads(*_arrays.run(xp, dtype, "deform_roi_pool", "backward", args))

@@ -17,13 +17,9 @@ struct BilinearCorners {
   A weight_dx[4];  // d weight / d x
 };
 
-// DCNv2 border rule, i.e. sampling the plane zero-padded by one pixel: the point
-// contributes only if -1 < y < height and -1 < x < width (NaN and Inf fail the
-// test), and only its corners inside the plane are read. Returns false (every
-// corner invalid) outside that range.
+// Every corner invalid, with zero weights.
 template <typename A, typename I>
-__device__ __forceinline__ bool zero_padded_corners(A y, A x, I height, I width,
-                                                    BilinearCorners<A, I>& c) {
+__device__ __forceinline__ void clear_corners(BilinearCorners<A, I>& c) {
   for (int q = 0; q < 4; ++q) {
     c.index[q] = 0;
     c.valid[q] = false;
@@ -31,31 +27,51 @@ __device__ __forceinline__ bool zero_padded_corners(A y, A x, I height, I width,
     c.weight_dy[q] = A(0);
     c.weight_dx[q] = A(0);
   }
+}
+
+// Corner q = 2a + b at (rows[a], cols[b]) with weight wy[a] * wx[b] and its
+// derivatives; a corner outside the plane stays invalid when check_bounds is set.
+template <typename A, typename I>
+__device__ __forceinline__ void set_corners(const I rows[2], const I cols[2], I height, I width,
+                                            const A wy[2], const A wx[2], const A dwy[2],
+                                            const A dwx[2], bool check_bounds,
+                                            BilinearCorners<A, I>& c) {
+  for (int a = 0; a < 2; ++a) {
+    for (int b = 0; b < 2; ++b) {
+      const int q = 2 * a + b;
+      if (check_bounds && !(rows[a] >= 0 && rows[a] < height && cols[b] >= 0 && cols[b] < width)) {
+        continue;
+      }
+      c.index[q] = rows[a] * width + cols[b];
+      c.valid[q] = true;
+      c.weight[q] = wy[a] * wx[b];
+      c.weight_dy[q] = dwy[a] * wx[b];
+      c.weight_dx[q] = wy[a] * dwx[b];
+    }
+  }
+}
+
+// DCNv2 border rule, i.e. sampling the plane zero-padded by one pixel: the point
+// contributes only if -1 < y < height and -1 < x < width (NaN and Inf fail the
+// test), and only its corners inside the plane are read. Returns false (every
+// corner invalid) outside that range.
+template <typename A, typename I>
+__device__ __forceinline__ bool zero_padded_corners(A y, A x, I height, I width,
+                                                    BilinearCorners<A, I>& c) {
+  clear_corners(c);
   if (!(y > A(-1) && y < A(height) && x > A(-1) && x < A(width))) return false;
   const A y_floor = floor(y);
   const A x_floor = floor(x);
   const I y0 = static_cast<I>(y_floor);
   const I x0 = static_cast<I>(x_floor);
+  const I rows[2] = {y0, y0 + 1};
+  const I cols[2] = {x0, x0 + 1};
   const A ly = y - y_floor;
   const A lx = x - x_floor;
   const A wy[2] = {A(1) - ly, ly};
   const A wx[2] = {A(1) - lx, lx};
-  const A dwy[2] = {A(-1), A(1)};  // d wy / d y
-  const A dwx[2] = {A(-1), A(1)};  // d wx / d x
-  for (int a = 0; a < 2; ++a) {
-    for (int b = 0; b < 2; ++b) {
-      const int q = 2 * a + b;
-      const I row = y0 + a;
-      const I col = x0 + b;
-      if (row >= 0 && row < height && col >= 0 && col < width) {
-        c.index[q] = row * width + col;
-        c.valid[q] = true;
-        c.weight[q] = wy[a] * wx[b];
-        c.weight_dy[q] = dwy[a] * wx[b];
-        c.weight_dx[q] = wy[a] * dwx[b];
-      }
-    }
-  }
+  const A slope[2] = {A(-1), A(1)};  // d wy / d y and d wx / d x
+  set_corners(rows, cols, height, width, wy, wx, slope, slope, true, c);
   return true;
 }
 
@@ -66,13 +82,7 @@ __device__ __forceinline__ bool zero_padded_corners(A y, A x, I height, I width,
 template <typename A, typename I>
 __device__ __forceinline__ bool roi_align_corners(A y, A x, I height, I width,
                                                   BilinearCorners<A, I>& c) {
-  for (int q = 0; q < 4; ++q) {
-    c.index[q] = 0;
-    c.valid[q] = false;
-    c.weight[q] = A(0);
-    c.weight_dy[q] = A(0);
-    c.weight_dx[q] = A(0);
-  }
+  clear_corners(c);
   if (!(y >= A(-1) && y <= A(height) && x >= A(-1) && x <= A(width))) return false;
   bool clamped_y = false, clamped_x = false;
   if (y <= A(0)) { y = A(0); clamped_y = true; }
@@ -90,16 +100,7 @@ __device__ __forceinline__ bool roi_align_corners(A y, A x, I height, I width,
   const A dwx[2] = {clamped_x ? A(0) : A(-1), clamped_x ? A(0) : A(1)};
   const I rows[2] = {y0, y1};
   const I cols[2] = {x0, x1};
-  for (int a = 0; a < 2; ++a) {
-    for (int b = 0; b < 2; ++b) {
-      const int q = 2 * a + b;
-      c.index[q] = rows[a] * width + cols[b];
-      c.valid[q] = true;
-      c.weight[q] = wy[a] * wx[b];
-      c.weight_dy[q] = dwy[a] * wx[b];
-      c.weight_dx[q] = wy[a] * dwx[b];
-    }
-  }
+  set_corners(rows, cols, height, width, wy, wx, dwy, dwx, false, c);
   return true;
 }
 
@@ -114,26 +115,14 @@ __device__ __forceinline__ void clamped_corners(A y, A x, I height, I width,
   x = x < A(0) ? A(0) : (x > A(width - 1) ? A(width - 1) : x);
   const A y_floor = floor(y);
   const A x_floor = floor(x);
-  const I y0 = static_cast<I>(y_floor);
-  const I x0 = static_cast<I>(x_floor);
-  const I rows[2] = {y0, static_cast<I>(ceil(y))};
-  const I cols[2] = {x0, static_cast<I>(ceil(x))};
+  const I rows[2] = {static_cast<I>(y_floor), static_cast<I>(ceil(y))};
+  const I cols[2] = {static_cast<I>(x_floor), static_cast<I>(ceil(x))};
   const A ly = y - y_floor;
   const A lx = x - x_floor;
   const A wy[2] = {A(1) - ly, ly};
   const A wx[2] = {A(1) - lx, lx};
-  const A dwy[2] = {A(-1), A(1)};
-  const A dwx[2] = {A(-1), A(1)};
-  for (int a = 0; a < 2; ++a) {
-    for (int b = 0; b < 2; ++b) {
-      const int q = 2 * a + b;
-      c.index[q] = rows[a] * width + cols[b];
-      c.valid[q] = true;
-      c.weight[q] = wy[a] * wx[b];
-      c.weight_dy[q] = dwy[a] * wx[b];
-      c.weight_dx[q] = wy[a] * dwx[b];
-    }
-  }
+  const A slope[2] = {A(-1), A(1)};
+  set_corners(rows, cols, height, width, wy, wx, slope, slope, false, c);
 }
 
 // Sampled value: sum of weight * plane[corner] over valid corners.

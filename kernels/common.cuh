@@ -39,6 +39,12 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(flo
 }
 #endif
 
+// False for NaN and +-Inf (their difference with themselves is NaN).
+template <typename A>
+__device__ __forceinline__ bool is_finite(A v) {
+  return v - v == A(0);
+}
+
 // Read-only load through the texture path, converted to the accumulation type.
 template <typename T>
 __device__ __forceinline__ typename accumulate<T>::type load(const T* p) {

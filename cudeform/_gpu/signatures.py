@@ -71,10 +71,54 @@ DEFORM_COL2IM_COORD = Kernel(
 )
 
 # --- deform_roi_pool (kernels/deform_roi_pool.cu) ---------------------------------------
-DEFORM_ROI_POOL_KERNELS = ()
+ROI_POOL_SHAPE = tuple((name, SIZE) for name in (
+    "batch", "channels", "height", "width", "num_rois", "pooled_h", "pooled_w", "sampling_ratio",
+)) + (("spatial_scale", SCALAR), ("gamma", SCALAR))
+
+DEFORM_ROI_POOL_FORWARD = Kernel(
+    "deform_roi_pool", "deform_roi_pool_forward",
+    (("input", IN), ("rois", IN), ("offset", IN), ("output", OUT)) + ROI_POOL_SHAPE,
+    frozenset({"offset"}),
+)
+DEFORM_ROI_POOL_BACKWARD_INPUT = Kernel(
+    "deform_roi_pool", "deform_roi_pool_backward_input",
+    (("grad_output", IN), ("rois", IN), ("offset", IN), ("grad_input", ACC_OUT))
+    + ROI_POOL_SHAPE,
+    frozenset({"offset"}),
+)
+DEFORM_ROI_POOL_BACKWARD_OFFSET = Kernel(
+    "deform_roi_pool", "deform_roi_pool_backward_offset",
+    (("grad_output", IN), ("input", IN), ("rois", IN), ("offset", IN), ("grad_offset", OUT))
+    + ROI_POOL_SHAPE,
+)
+DEFORM_ROI_POOL_KERNELS = (
+    DEFORM_ROI_POOL_FORWARD, DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_OFFSET,
+)
 
 # --- deform_psroi_pool (kernels/deform_psroi_pool.cu) -----------------------------------
-DEFORM_PSROI_POOL_KERNELS = ()
+PSROI_SHAPE = tuple((name, SIZE) for name in (
+    "batch", "channels", "height", "width", "num_rois", "output_dim", "group_size",
+    "pooled_size", "part_size", "sample_per_part", "num_classes",
+)) + (("spatial_scale", SCALAR), ("trans_std", SCALAR))
+DEFORM_PSROI_POOL_FORWARD = Kernel(
+    "deform_psroi_pool", "deform_psroi_pool_forward",
+    (("input", IN), ("rois", IN), ("offset", IN), ("output", OUT)) + PSROI_SHAPE,
+    frozenset({"offset"}),
+)
+DEFORM_PSROI_POOL_BACKWARD_INPUT = Kernel(
+    "deform_psroi_pool", "deform_psroi_pool_backward_input",
+    (("grad_output", IN), ("rois", IN), ("offset", IN), ("grad_input", ACC_OUT)) + PSROI_SHAPE,
+    frozenset({"offset"}),
+)
+DEFORM_PSROI_POOL_BACKWARD_OFFSET = Kernel(
+    "deform_psroi_pool", "deform_psroi_pool_backward_offset",
+    (("grad_output", IN), ("input", IN), ("rois", IN), ("offset", IN), ("grad_offset", OUT))
+    + PSROI_SHAPE,
+)
+DEFORM_PSROI_POOL_KERNELS = (
+    DEFORM_PSROI_POOL_FORWARD, DEFORM_PSROI_POOL_BACKWARD_INPUT,
+    DEFORM_PSROI_POOL_BACKWARD_OFFSET,
+)
 
 # Kernel families: one .cu file each, compiled after the shared headers.
 FAMILIES = {
