@@ -1,10 +1,16 @@
-"""Shared test utilities: random deformable-convolution cases and finite differences."""
+"""Shared test utilities: dtypes and tolerances, random deformable-convolution cases,
+bad offsets, finite differences."""
 
 from __future__ import annotations
 
 import numpy
+import pytest
 
 from cudeform._shapes import conv_output_size, deform_conv2d_geometry
+
+# The dtypes every implementation supports, and the parametrisation over them.
+DTYPES = (numpy.float32, numpy.float64)
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: numpy.dtype(d).name)
 
 # Configurations every backend comparison covers, as conv_case keyword arguments.
 CONV_CASES = {
@@ -28,6 +34,27 @@ TOLERANCES = {
     numpy.dtype("float64"): (1e-10, 1e-10),
     numpy.dtype("float32"): (1e-4, 1e-4),
 }
+
+# Offsets that send a sample outside every map: non-finite or huge.
+BAD_VALUES = (numpy.nan, numpy.inf, -numpy.inf, 1e30, -1e30)
+
+
+def assert_close(actual, expected, dtype=numpy.float64, **kwargs):
+    """``assert_allclose`` with the TOLERANCES of ``dtype``."""
+    rtol, atol = TOLERANCES[numpy.dtype(dtype)]
+    numpy.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, **kwargs)
+
+
+def force_64_bit_indices(monkeypatch, gpu_module):
+    """Make a ``cudeform._gpu`` op module launch every kernel with 64-bit indices."""
+    monkeypatch.setattr(gpu_module, "index_bits", lambda *sizes: 64)
+
+
+def plant_bad_values(rng, array, count, values=BAD_VALUES):
+    """Set ``count`` random elements of ``array`` (in place) to values drawn from ``values``."""
+    flat = array.reshape(-1)
+    hit = rng.choice(flat.size, size=count, replace=False)
+    flat[hit] = rng.choice(numpy.array(values, dtype=array.dtype), size=hit.size)
 
 
 def conv_case(rng, *, batch=2, in_channels=4, out_channels=6, groups=1, offset_groups=1,
@@ -73,6 +100,32 @@ def split_case(case):
     return arrays, options
 
 
+def integer_offset_case(rng, dtype):
+    """``(arrays, options)`` of a case whose offsets are whole pixels in [-6, 6]."""
+    arrays, options = split_case(conv_case(rng, dtype=dtype, size=(5, 4), offset_groups=2))
+    arrays["offset"] = rng.integers(-6, 7, size=arrays["offset"].shape).astype(dtype)
+    return arrays, options
+
+
+def bad_offset_case(rng, dtype):
+    """``(arrays, options)`` with a third of the offsets non-finite or huge (BAD_VALUES)."""
+    arrays, options = split_case(conv_case(rng, dtype=dtype, offset_groups=2))
+    plant_bad_values(rng, arrays["offset"], arrays["offset"].size // 3)
+    return arrays, options
+
+
+def assert_outside_taps_get_zero_gradients(offset, grad_offset, grad_mask):
+    """A tap whose dy or dx is non-finite or huge samples outside the map: its offset and
+    mask gradients are zero. Arrays are NumPy ones, shaped as in ``deform_conv2d``."""
+    n, channels, out_h, out_w = offset.shape
+    pairs = offset.reshape(n, channels // 2, 2, out_h, out_w)
+    outside = ~(numpy.abs(pairs) < 1e29).all(axis=2)
+    assert outside.any()
+    grad_pairs = grad_offset.reshape(pairs.shape).transpose(0, 1, 3, 4, 2)
+    assert (grad_pairs[outside] == 0).all()
+    assert (grad_mask[outside] == 0).all()
+
+
 def numerical_gradient(loss, array, step=1e-6):
     """Central differences of the scalar ``loss()`` with respect to each element of ``array``.
 
@@ -89,3 +142,4 @@ def numerical_gradient(loss, array, step=1e-6):
         flat[i] = original
         grad.reshape(-1)[i] = (plus - minus) / (2 * step)
     return grad
+

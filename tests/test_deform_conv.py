@@ -9,14 +9,9 @@ import numpy
 import pytest
 
 import cudeform
-from tests.helpers import TOLERANCES, conv_case, numerical_gradient, split_case
+from tests.helpers import assert_close, conv_case, numerical_gradient, split_case
 
 GRAD_NAMES = ("input", "offset", "weight", "bias", "mask")
-
-
-def assert_close(actual, expected, dtype):
-    rtol, atol = TOLERANCES[numpy.dtype(dtype)]
-    numpy.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
 def plain_conv2d(x, weight, bias, stride, padding, dilation):
