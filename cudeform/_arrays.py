@@ -5,6 +5,8 @@ NumPy arrays run on the CPU, CuPy arrays on their GPU; a mix is a TypeError.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import sys
 
@@ -12,6 +14,35 @@ import numpy
 
 CPU_DTYPES = ("float32", "float64")
 GPU_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# Storage dtypes of bfloat16 arrays handed over as 16-bit integer views.
+BFLOAT16_VIEW_DTYPES = ("int16", "uint16")
+
+_bfloat16_views = contextvars.ContextVar("cudeform_bfloat16_views", default=False)
+
+
+@contextlib.contextmanager
+def bfloat16_views():
+    """Within this context, CuPy int16/uint16 arrays are bfloat16 bit patterns.
+
+    CuPy has no bfloat16 dtype, so a framework adapter (the PyTorch one) hands
+    bfloat16 tensors over as 16-bit integer views and runs the public ops inside
+    this context; they then compute in bfloat16 (accumulating in float32) and
+    return bfloat16 results as views of the same integer dtype. NumPy arrays are
+    not affected (the CPU path has no 16-bit types).
+    """
+    token = _bfloat16_views.set(True)
+    try:
+        yield
+    finally:
+        _bfloat16_views.reset(token)
+
+
+def element_type(dtype, xp):
+    """The element type name of arrays of ``dtype``: ``"bfloat16"`` for 16-bit integer
+    views inside :func:`bfloat16_views` on CuPy, else ``dtype.name``."""
+    if xp is not numpy and dtype.name in BFLOAT16_VIEW_DTYPES and _bfloat16_views.get():
+        return "bfloat16"
+    return dtype.name
 
 
 def _is_cupy(array):
@@ -69,7 +100,7 @@ def common_dtype(arrays, xp):
             raise TypeError(f"{name} has dtype {array.dtype} but {first} has dtype {dtype}; "
                             "all arrays must have one dtype")
     supported = CPU_DTYPES if xp is numpy else GPU_DTYPES
-    if dtype.name not in supported:
+    if element_type(dtype, xp) not in supported:
         where = "NumPy (CPU)" if xp is numpy else "CuPy (GPU)"
         raise TypeError(f"{first} has dtype {dtype}, which {where} arrays do not support; "
                         f"expected one of {', '.join(supported)}")
@@ -107,5 +138,5 @@ def run(xp, dtype, family, function, args):
 
     module = importlib.import_module(f"cudeform._gpu.{family}")
     with args[0].device:  # allocate and launch on the arrays' GPU
-        return getattr(module, function)(*args, dtype_name=dtype.name, xp=xp,
+        return getattr(module, function)(*args, dtype_name=element_type(dtype, xp), xp=xp,
                                          launch=cuda_launch)

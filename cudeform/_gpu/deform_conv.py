@@ -11,6 +11,7 @@ from cudeform._gpu.launch import index_bits
 from cudeform._gpu.signatures import (
     ACCUMULATE_DTYPES, DEFORM_COL2IM, DEFORM_COL2IM_COORD, DEFORM_IM2COL,
 )
+from cudeform._gpu.storage import is_view, narrow, values
 from cudeform._workspace import batch_chunks
 
 
@@ -52,18 +53,24 @@ def _grouped_weight(g, weight):
 
 
 def forward(input, offset, weight, bias, mask, g, *, dtype_name, xp, launch):
-    """``deform_conv2d`` on C-contiguous arrays of one dtype, validated into ``g``."""
-    output = xp.empty(g.output_shape, dtype=input.dtype)
-    weight_g = _grouped_weight(g, weight)
-    for start, stop in _chunks(g, input.dtype.itemsize):
+    """``deform_conv2d`` on C-contiguous arrays of one dtype, validated into ``g``.
+
+    bfloat16 held in 16-bit integer views (see :mod:`cudeform._gpu.storage`) runs
+    its GEMM and bias in float32 and is rounded once at the end.
+    """
+    view = is_view(input.dtype, dtype_name)
+    output = xp.empty(g.output_shape, dtype=xp.float32 if view else input.dtype)
+    weight_g = _grouped_weight(g, values(weight, dtype_name, xp))
+    for start, stop in _chunks(g, input.dtype.itemsize + (4 if view else 0)):
         columns, _ = _im2col(g, input, offset, mask, start, stop,
                              dtype_name=dtype_name, xp=xp, launch=launch)
-        result = xp.matmul(weight_g, columns)  # (groups, C_out/groups, n * P)
+        # (groups, C_out/groups, n * P)
+        result = xp.matmul(weight_g, values(columns, dtype_name, xp))
         result = result.reshape(g.out_channels, stop - start, g.out_h, g.out_w)
         output[start:stop] = result.transpose(1, 0, 2, 3)
     if bias is not None:
-        output += bias.reshape(1, -1, 1, 1)
-    return output
+        output += values(bias, dtype_name, xp).reshape(1, -1, 1, 1)
+    return narrow(output, input.dtype, dtype_name, xp)
 
 
 def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, xp, launch):
@@ -83,6 +90,7 @@ def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, x
     out_per_group = g.out_channels // g.groups
 
     widen = accumulate != dtype  # 16-bit columns get a float32 copy for the weight GEMM
+    view = is_view(dtype, dtype_name)  # bfloat16 bits: every GEMM in float32
     for start, stop in _chunks(g, dtype.itemsize + (accumulate.itemsize if widen else 0)):
         n = stop - start
         columns, bits = _im2col(g, input, offset, mask, start, stop,
@@ -90,12 +98,20 @@ def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, x
         grad_out_g = grad_output[start:stop].reshape(n, g.groups, out_per_group, plane)
         grad_out_g = xp.ascontiguousarray(grad_out_g.transpose(1, 2, 0, 3)).reshape(
             g.groups, out_per_group, n * plane)
-        if widen:  # sum over n * P terms in float32, not float16
+        if view:
+            grad_out_values = values(grad_out_g, dtype_name, xp)
+            grad_weight += xp.matmul(grad_out_values,
+                                     values(columns, dtype_name, xp).transpose(0, 2, 1))
+            columns[...] = narrow(xp.matmul(values(weight_g, dtype_name, xp).transpose(0, 2, 1),
+                                            grad_out_values), dtype, dtype_name, xp)
+            grad_columns = columns
+        elif widen:  # sum over n * P terms in float32, not float16
             grad_weight += xp.matmul(grad_out_g.astype(accumulate),
                                      columns.astype(accumulate).transpose(0, 2, 1))
+            grad_columns = xp.matmul(weight_g.transpose(0, 2, 1), grad_out_g, out=columns)
         else:
             grad_weight += xp.matmul(grad_out_g, columns.transpose(0, 2, 1))
-        grad_columns = xp.matmul(weight_g.transpose(0, 2, 1), grad_out_g, out=columns)
+            grad_columns = xp.matmul(weight_g.transpose(0, 2, 1), grad_out_g, out=columns)
         shape = _shape_args(g, n)
         launch(DEFORM_COL2IM, dtype_name, bits, grad_columns.size,
                grad_columns=grad_columns, offset=offset[start:stop],
@@ -107,6 +123,9 @@ def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, x
 
     grad_bias = None
     if bias is not None:
-        grad_bias = grad_output.sum(axis=(0, 2, 3), dtype=accumulate).astype(dtype)
-    return (grad_input.astype(dtype, copy=False), grad_offset,
-            grad_weight.reshape(weight.shape).astype(dtype, copy=False), grad_bias, grad_mask)
+        grad_bias = narrow(values(grad_output, dtype_name, xp).sum(axis=(0, 2, 3),
+                                                                   dtype=accumulate),
+                           dtype, dtype_name, xp)
+    return (narrow(grad_input, dtype, dtype_name, xp), grad_offset,
+            narrow(grad_weight.reshape(weight.shape), dtype, dtype_name, xp), grad_bias,
+            grad_mask)

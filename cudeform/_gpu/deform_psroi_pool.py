@@ -13,6 +13,7 @@ from cudeform._gpu.signatures import (
     ACCUMULATE_DTYPES, DEFORM_PSROI_POOL_BACKWARD_INPUT, DEFORM_PSROI_POOL_BACKWARD_OFFSET,
     DEFORM_PSROI_POOL_FORWARD,
 )
+from cudeform._gpu.storage import narrow
 
 
 def _shape_args(g):
@@ -58,4 +59,4 @@ def backward(grad_output, input, rois, offset, g, *, dtype_name, xp, launch):
                g.rois * g.num_classes * g.part_size * g.part_size,
                grad_output=grad_output, input=input, rois=rois, offset=offset,
                grad_offset=grad_offset, **_shape_args(g))
-    return grad_input.astype(input.dtype, copy=False), grad_offset
+    return narrow(grad_input, input.dtype, dtype_name, xp), grad_offset
