@@ -396,3 +396,18 @@ _OPS = (_deform_conv2d, _deform_conv2d_backward, _deform_roi_pool, _deform_roi_p
 for _op in _OPS:
     _register_autocast(_op, "cpu", lambda: torch.float32)
     _register_autocast(_op, "cuda", lambda: torch.get_autocast_dtype("cuda"))
+
+# The layers live in torch_layers.py, which imports the functional ops above;
+# they are re-exported lazily so that either module can be imported first.
+_LAYERS = ("DeformConv2d", "DeformConv2dPack", "ModulatedDeformConv2dPack", "DeformRoIPool",
+           "DeformRoIPoolPack", "ModulatedDeformRoIPoolPack", "DeformPSRoIPool",
+           "DeformPSRoIPoolPack")
+__all__ += list(_LAYERS)
+
+
+def __getattr__(name):
+    if name in _LAYERS:
+        from cudeform.adapters import torch_layers
+
+        return getattr(torch_layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
