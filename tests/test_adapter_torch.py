@@ -298,3 +298,25 @@ def test_cpu_autocast_runs_in_float32():
     compiled = torch.compile(pool, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(t["input"].half(), t["rois"], t["offset"]), y,
                                rtol=0, atol=0)
+
+
+def test_compile_with_inductor_matches_eager():
+    """The default backend too: the custom ops stay opaque nodes in the graph."""
+    rng = numpy.random.default_rng(31)
+    x, offset, weight = (torch.tensor(rng.standard_normal(shape), dtype=torch.float32,
+                                      requires_grad=True)
+                         for shape in ((2, 4, 8, 8), (2, 18, 8, 8), (6, 4, 3, 3)))
+
+    def loss(x, offset, weight):
+        return (adapter.deform_conv2d(x, offset, weight, padding=1) * 2).relu().sum()
+
+    compiled = torch.compile(loss, fullgraph=True)(x, offset, weight)
+    compiled.backward()
+    compiled_grads = [t.grad.clone() for t in (x, offset, weight)]
+    for t in (x, offset, weight):
+        t.grad = None
+    eager = loss(x, offset, weight)
+    eager.backward()
+    torch.testing.assert_close(compiled, eager)
+    for got, t in zip(compiled_grads, (x, offset, weight)):
+        torch.testing.assert_close(got, t.grad)
