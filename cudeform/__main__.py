@@ -1,75 +1,29 @@
-"""``python -m cudeform``: a short tour of deform_conv2d on this machine.
+"""``python -m cudeform [tour|demo|bench] [options]``.
 
-It runs DCNv2 forward and backward on NumPy arrays (and on CuPy arrays when a
-GPU is present), and shows two facts of the operator: a one-pixel offset reads
-the neighbouring pixel, and a half-pixel offset reads the mean of the two.
+- ``tour`` (the default): deform_conv2d forward and backward on this machine's CPU,
+  and on its GPU when there is one, with two checks of the sampling rule.
+- ``demo``: a plain and a deformable CNN learn shapes of varying scale; prints both
+  accuracies and draws the learned sampling points (needs torch, tqdm, matplotlib).
+- ``bench``: times cudeform against the peers installed here, interleaved.
+
+``python -m cudeform COMMAND --help`` lists each command's options.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import importlib
+import sys
 
-import numpy
-
-import cudeform
-
-
-def _gpu_available():
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver or no device
-        return False
-
-
-def _tour(xp, device):
-    rng = numpy.random.default_rng(0)
-    x = xp.asarray(rng.standard_normal((2, 8, 16, 16)).astype(numpy.float32))
-    weight = xp.asarray(rng.standard_normal((16, 8, 3, 3)).astype(numpy.float32))
-    offset = xp.asarray(rng.uniform(-2, 2, (2, 18, 16, 16)).astype(numpy.float32))
-    mask = xp.asarray(rng.uniform(0, 1, (2, 9, 16, 16)).astype(numpy.float32))
-
-    start = time.perf_counter()
-    y = cudeform.deform_conv2d(x, offset, weight, padding=1, mask=mask)
-    grads = cudeform.deform_conv2d_backward(xp.ones_like(y), x, offset, weight, padding=1,
-                                            mask=mask)
-    elapsed = (time.perf_counter() - start) * 1e3
-    print(f"[{device}] DCNv2 forward+backward of input {tuple(x.shape)}: output "
-          f"{tuple(y.shape)}, gradients {', '.join(grads._fields)} in {elapsed:.1f} ms")
-
-    # A 1x1 kernel with offset (dy, dx) = (0, 1) reads the pixel to the right,
-    # and (0, 0.5) the mean of the two (bilinear sampling).
-    unit = xp.ones((1, 1, 1, 1), dtype=x.dtype)
-    channel = x[:, :1]
-    shift = xp.zeros((2, 2, 16, 16), dtype=x.dtype)
-    shift[:, 1] = 1.0
-    moved = cudeform.deform_conv2d(channel, shift, unit)[:, 0, :, :-1]
-    half = cudeform.deform_conv2d(channel, shift * 0.5, unit)[:, 0, :, :-1]
-    right = channel[:, 0, :, 1:]
-    reads_right = bool(xp.allclose(moved, right))
-    reads_mean = bool(xp.allclose(half, (channel[:, 0, :, :-1] + right) / 2))
-    print(f"[{device}] offset (0, 1) reads the right neighbour: {reads_right}; "
-          f"offset (0, 0.5) reads the mean of both: {reads_mean}")
-    return reads_right and reads_mean
+COMMANDS = {"tour": "cudeform._tour", "demo": "cudeform._demo", "bench": "cudeform._bench"}
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m cudeform", description=__doc__)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    args = parser.parse_args(argv)
-    print(f"cudeform {cudeform.__version__}; workspace limit {cudeform.workspace_limit()} bytes")
-    ok = True
-    if args.device in ("auto", "cpu"):
-        ok = _tour(numpy, "cpu") and ok
-    if args.device == "cuda" or (args.device == "auto" and _gpu_available()):
-        import cupy
-
-        ok = _tour(cupy, "cuda") and ok
-    elif args.device == "auto":
-        print("[cuda] skipped: no GPU found (CuPy missing or no CUDA device)")
-    return 0 if ok else 1
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "tour"
+    return importlib.import_module(COMMANDS[command]).main(argv)
 
 
 if __name__ == "__main__":

@@ -68,18 +68,26 @@ class _Sampling:
     modulation: object       # mask as (pixels, taps, dg), or None
 
 
+def grid_positions(g, ho, wo, dtype):
+    """Regular-grid positions ``(y, x)``, each ``(..., taps)``, of the taps of output
+    pixels ``(ho, wo)`` (arrays of one shape, possibly fractional); the offsets add to them.
+
+    The only copy of the sampling formula on the NumPy path.
+    """
+    i = numpy.arange(g.taps) // g.kernel_w
+    j = numpy.arange(g.taps) % g.kernel_w
+    ho, wo = numpy.asarray(ho)[..., None], numpy.asarray(wo)[..., None]
+    return ((ho * g.stride_h - g.pad_h + i * g.dilation_h).astype(dtype),
+            (wo * g.stride_w - g.pad_w + j * g.dilation_w).astype(dtype))
+
+
 def _sampling(g, pixels, offsets, mask, derivatives):
     """Sampling points of the output pixels ``pixels`` (a slice over n*P)."""
     dtype, dg = offsets.dtype, g.offset_groups
     plane = g.out_h * g.out_w
     index = numpy.arange(pixels.start, pixels.stop)
     image, pixel = index // plane, index % plane
-    ho, wo = pixel // g.out_w, pixel % g.out_w
-    i = numpy.arange(g.taps) // g.kernel_w
-    j = numpy.arange(g.taps) % g.kernel_w
-    # Regular grid plus offset: the only copy of the sampling formula on the NumPy path.
-    base_y = (ho[:, None] * g.stride_h - g.pad_h + i * g.dilation_h).astype(dtype)
-    base_x = (wo[:, None] * g.stride_w - g.pad_w + j * g.dilation_w).astype(dtype)
+    base_y, base_x = grid_positions(g, pixel // g.out_w, pixel % g.out_w, dtype)
     block = offsets[pixels]
     corners = zero_padded_corners(base_y[:, :, None] + block[..., 0],
                                   base_x[:, :, None] + block[..., 1], g.height, g.width,
