@@ -1,0 +1,60 @@
+"""onnxruntime's ``DeformConv`` (opset 19, CPU, forward only) as a peer."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy
+
+from cudeform._bench.core_sides import core_sides
+from cudeform._bench.imports import optional
+from cudeform._bench.pairs import FORWARD, Pair, Side, Skip, deform_names, labels
+from cudeform._bench.cases import KERNEL
+
+NAME = "onnxruntime DeformConv"
+
+
+class OnnxRuntimePeer:
+    name = NAME
+
+    def __init__(self):
+        self._onnxruntime = optional("onnxruntime")
+        self._onnx = optional("onnx")
+        self.threads = os.cpu_count() or 1
+
+    @functools.lru_cache(maxsize=8)
+    def _session(self, padding, dilation, offset_groups, mask):
+        helper, types = self._onnx.helper, self._onnx.TensorProto
+        inputs = ["X", "W", "offset", "", "mask"] if mask else ["X", "W", "offset"]
+        node = helper.make_node(
+            "DeformConv", inputs, ["Y"], kernel_shape=[KERNEL, KERNEL],
+            pads=[padding] * 4, dilations=[dilation] * 2, offset_group=offset_groups)
+        graph = helper.make_graph(
+            [node], "deform_conv",
+            [helper.make_tensor_value_info(name, types.FLOAT, None) for name in inputs if name],
+            [helper.make_tensor_value_info("Y", types.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        options = self._onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        # Idle workers spin by default and would slow the interleaved cudeform run.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return self._onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                                  providers=["CPUExecutionProvider"])
+
+    def pairs(self, case, dtype, arrays):
+        if dtype != "float32":
+            raise Skip("the bench builds float32 models only", scope="dtype")
+        session = self._session(case.padding, case.dilation, case.offset_groups, case.mask)
+        feeds = {"X": arrays["input"], "W": arrays["weight"], "offset": arrays["offset"]}
+        if case.mask:
+            feeds["mask"] = arrays["mask"]
+        feeds = {key: numpy.ascontiguousarray(value) for key, value in feeds.items()}
+
+        def forward():
+            return session.run(None, feeds)[0]
+
+        label, shape = labels(case)
+        cudeform_side = core_sides(numpy, arrays, case)[FORWARD]
+        return [Pair(label, shape, dtype, FORWARD, self.name, cudeform_side,
+                     Side(forward, lambda y: (y,), None), deform_names(FORWARD, case.mask))]
