@@ -3,9 +3,10 @@
 # suite (GPU tests included), then the benchmark on the GPU (full run) and on the CPU
 # (quick run). Run from the repository root; results go to $OUT. Every step runs even
 # if an earlier one failed; the exit status is pytest's. Each step has a time limit,
-# so that the session fits a 10-minute call: pytest ${PYTEST_TIMEOUT:-300} s, the GPU
-# bench ${GPU_BENCH_TIMEOUT:-180} s, the CPU bench ${CPU_BENCH_TIMEOUT:-60} s. Wheels
-# carried in wheels/ (hypothesis, onnx, onnxruntime, threadpoolctl) are installed
+# so that the session fits a 10-minute call: pytest ${PYTEST_TIMEOUT:-270} s, the GPU
+# bench ${GPU_BENCH_TIMEOUT:-180} s, the CPU bench ${CPU_BENCH_TIMEOUT:-60} s, the demo
+# on the GPU ${DEMO_TIMEOUT:-60} s. Wheels carried in wheels/ (hypothesis, onnx,
+# onnxruntime, threadpoolctl, tqdm, matplotlib and its dependencies) are installed
 # offline when present.
 set -u
 OUT=${OUT:-$PWD/gpu-session-out}
@@ -27,7 +28,7 @@ print('CUDA path', cupy.cuda.get_cuda_path())" 2>&1 | tail -n 2
 } > "$OUT/env.txt" 2>&1
 
 if [ -d wheels ]; then
-  for package in hypothesis onnx onnxruntime threadpoolctl; do
+  for package in hypothesis onnx onnxruntime threadpoolctl tqdm matplotlib; do
     "$PY" -m pip install --no-index --find-links wheels "$package" >> "$OUT/install.txt" 2>&1 \
       || note "could not install $package from wheels/"
   done
@@ -49,7 +50,7 @@ limit() {
   fi
 }
 
-limit "${PYTEST_TIMEOUT:-300}" "$PY" -m pytest -q -rs -p no:cacheprovider \
+limit "${PYTEST_TIMEOUT:-270}" "$PY" -m pytest -q -rs -p no:cacheprovider \
   --junitxml="$OUT/junit.xml" tests > "$OUT/pytest.txt" 2>&1
 pytest_rc=$?
 tail -n 40 "$OUT/pytest.txt"
@@ -61,5 +62,7 @@ limit "${GPU_BENCH_TIMEOUT:-180}" "$PY" -m cudeform bench --device cuda \
 limit "${CPU_BENCH_TIMEOUT:-60}" "$PY" -m cudeform bench --device cpu --quick \
   --json "$OUT/bench_cpu.json" > "$OUT/bench_cpu.txt" 2>> "$OUT/bench_cpu.log" \
   || note "CPU benchmark failed or timed out (exit status $?)"
+limit "${DEMO_TIMEOUT:-60}" "$PY" -m cudeform demo --device cuda --out "$OUT/demo_gpu.png" \
+  > "$OUT/demo_gpu.txt" 2>> "$OUT/demo_gpu.log" || note "demo failed or timed out (exit status $?)"
 note "pytest exit status: $pytest_rc"
 exit "$pytest_rc"

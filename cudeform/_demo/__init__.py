@@ -46,16 +46,21 @@ def _device(choice):
     return "cuda" if usable else "cpu"
 
 
-def _pick_examples(test, correct, count=4):
-    """Indices of ``count`` correctly classified test images, from smallest to largest."""
+def _pick_examples(test, correct, count=4, within=2.0):
+    """Indices of ``count`` correctly classified test images spanning the sizes, from
+    smallest to largest, of different classes where one lies within ``within`` pixels
+    of the size wanted."""
     candidates = numpy.flatnonzero(correct)
     if len(candidates) < count:
         candidates = numpy.arange(len(test.labels))
     targets = numpy.quantile(test.length[candidates], numpy.linspace(0.02, 0.98, count))
     picked = []
     for target in targets:
-        order = candidates[numpy.argsort(numpy.abs(test.length[candidates] - target))]
-        picked.append(next(i for i in order if i not in picked))
+        distance = numpy.abs(test.length[candidates] - target)
+        order = [i for i in candidates[numpy.argsort(distance, kind="stable")] if i not in picked]
+        new_class = [i for i in order if abs(test.length[i] - target) <= within
+                     and test.labels[i] not in test.labels[picked]]
+        picked.append((new_class or order)[0])
     return numpy.array(picked)
 
 
