@@ -71,7 +71,7 @@ def main(argv=None):
     import torch
 
     from cudeform._demo import figure, nets, sampling, training
-    from cudeform._demo.shapes import ASPECT_RATIOS, CLASS_NAMES, make_shapes
+    from cudeform._demo.shapes import CLASS_NAMES, make_shapes
 
     start = time.perf_counter()
     device = _device(args.device)
@@ -111,10 +111,7 @@ def main(argv=None):
           f"{sampling.spread(regular).mean():.1f} px on every image.")
 
     shown = _pick_examples(test, correct["deformable CNN"])
-    kind = ("ellipse", "rectangle")
-    titles = [f"{kind[test.labels[i] // len(ASPECT_RATIOS)]} "
-              f"{ASPECT_RATIOS[test.labels[i] % len(ASPECT_RATIOS)]:g}:1, "
-              f"{test.length[i]:.0f} px" for i in shown]
+    titles = [f"{CLASS_NAMES[test.labels[i]]}, {test.length[i]:.0f} px" for i in shown]
     figure.draw(args.out, test.images[shown, 0], titles, units[shown] * nets.FEATURE_STRIDE,
                 regular[shown], learned[shown], test.length, spread,
                 sampling.spread(regular[:1])[0])
