@@ -1,13 +1,14 @@
-"""Dispatch: which array module runs an op, and dtype checks.
+"""Dispatch checks: which array module runs an op, dtype checks, and the GPU context.
 
-NumPy arrays run on the CPU, CuPy arrays on their GPU; a mix is a TypeError.
+NumPy arrays run on the CPU, CuPy arrays on their GPU; a mix is a TypeError. The
+public functions call ``cudeform._cpu.<op>`` or ``cudeform._gpu.<op>`` themselves,
+after :func:`prepare`; for the GPU they do so inside :func:`on_gpu`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import importlib
 import sys
 
 import numpy
@@ -126,17 +127,18 @@ def prepare(arrays):
     return xp, dtype, {name: contiguous(xp, a) for name, a in arrays.items()}
 
 
-def run(xp, dtype, family, function, args):
-    """Call ``function`` of the NumPy or the CUDA implementation of ``family``.
+@contextlib.contextmanager
+def on_gpu(array, dtype):
+    """Run CUDA host logic on the GPU of ``array`` (a CuPy array) for arrays of ``dtype``.
 
-    NumPy arrays go to ``cudeform._cpu.<family>``; CuPy arrays to
-    ``cudeform._gpu.<family>``, on the GPU of ``args[0]`` with CuPy's launcher.
+    Yields the keyword arguments that every ``cudeform._gpu.<op>`` function takes
+    besides its arrays: the element type name, the array module and the launcher.
+    This is the one place where the public functions reach CuPy's launcher, which
+    imports CuPy (through ``cudeform._gpu.compile``) on its first launch.
     """
-    if xp is numpy:
-        return getattr(importlib.import_module(f"cudeform._cpu.{family}"), function)(*args)
+    import cupy
+
     from cudeform._gpu.launch import cuda_launch
 
-    module = importlib.import_module(f"cudeform._gpu.{family}")
-    with args[0].device:  # allocate and launch on the arrays' GPU
-        return getattr(module, function)(*args, dtype_name=element_type(dtype, xp), xp=xp,
-                                         launch=cuda_launch)
+    with array.device:  # allocate and launch on the arrays' GPU
+        yield dict(dtype_name=element_type(dtype, cupy), xp=cupy, launch=cuda_launch)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import collections
 
+import numpy
+
 from cudeform import _arrays
+from cudeform._cpu import deform_conv as cpu
+from cudeform._gpu import deform_conv as gpu
 from cudeform._shapes import check_grad_output, deform_conv2d_geometry
 
 DeformConv2dGrads = collections.namedtuple(
@@ -70,7 +74,10 @@ def deform_conv2d(input, offset, weight, bias=None, *, stride=1, padding=0, dila
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
     args = (a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
-    return _arrays.run(xp, dtype, "deform_conv", "forward", args)
+    if xp is numpy:
+        return cpu.forward(*args)
+    with _arrays.on_gpu(args[0], dtype) as engine:
+        return gpu.forward(*args, **engine)
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, stride=1,
@@ -100,4 +107,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, str
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
     check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
-    return DeformConv2dGrads(*_arrays.run(xp, dtype, "deform_conv", "backward", args))
+    if xp is numpy:
+        return DeformConv2dGrads(*cpu.backward(*args))
+    with _arrays.on_gpu(args[0], dtype) as engine:
+        return DeformConv2dGrads(*gpu.backward(*args, **engine))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import collections
 
+import numpy
+
 from cudeform import _arrays
+from cudeform._cpu import deform_psroi_pool as cpu
+from cudeform._gpu import deform_psroi_pool as gpu
 from cudeform._shapes import check_grad_output, deform_psroi_pool_geometry
 
 DeformPSRoIPoolGrads = collections.namedtuple("DeformPSRoIPoolGrads", ["input", "offset"])
@@ -65,7 +69,10 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
                    spatial_scale=spatial_scale, trans_std=trans_std)
     xp, dtype, g, a = _prepare(dict(input=input, rois=rois, offset=offset), options)
     args = (a["input"], a["rois"], a["offset"], g)
-    return _arrays.run(xp, dtype, "deform_psroi_pool", "forward", args)
+    if xp is numpy:
+        return cpu.forward(*args)
+    with _arrays.on_gpu(args[0], dtype) as engine:
+        return gpu.forward(*args, **engine)
 
 
 def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_dim,
@@ -95,4 +102,7 @@ def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_
         dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
     check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
-    return DeformPSRoIPoolGrads(*_arrays.run(xp, dtype, "deform_psroi_pool", "backward", args))
+    if xp is numpy:
+        return DeformPSRoIPoolGrads(*cpu.backward(*args))
+    with _arrays.on_gpu(args[0], dtype) as engine:
+        return DeformPSRoIPoolGrads(*gpu.backward(*args, **engine))

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import collections
 
+import numpy
+
 from cudeform import _arrays
+from cudeform._cpu import deform_roi_pool as cpu
+from cudeform._gpu import deform_roi_pool as gpu
 from cudeform._shapes import check_grad_output, deform_roi_pool_geometry
 
 DeformRoIPoolGrads = collections.namedtuple("DeformRoIPoolGrads", ["input", "offset"])
@@ -63,7 +67,10 @@ def deform_roi_pool(input, rois, offset=None, *, output_size, spatial_scale=1.0,
                    sampling_ratio=sampling_ratio, gamma=gamma)
     xp, dtype, g, a = _prepare(dict(input=input, rois=rois, offset=offset), options)
     args = (a["input"], a["rois"], a["offset"], g)
-    return _arrays.run(xp, dtype, "deform_roi_pool", "forward", args)
+    if xp is numpy:
+        return cpu.forward(*args)
+    with _arrays.on_gpu(args[0], dtype) as engine:
+        return gpu.forward(*args, **engine)
 
 
 def deform_roi_pool_backward(grad_output, input, rois, offset=None, *, output_size,
@@ -91,4 +98,7 @@ def deform_roi_pool_backward(grad_output, input, rois, offset=None, *, output_si
         dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
     check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
-    return DeformRoIPoolGrads(*_arrays.run(xp, dtype, "deform_roi_pool", "backward", args))
+    if xp is numpy:
+        return DeformRoIPoolGrads(*cpu.backward(*args))
+    with _arrays.on_gpu(args[0], dtype) as engine:
+        return DeformRoIPoolGrads(*gpu.backward(*args, **engine))
