@@ -32,12 +32,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def _why_no_gpu():
     """Why the GPU tests cannot run here, or None when they can."""
     if cupy is None:
-        return "CuPy is not installed (or fails to import)"
+        return "no CUDA device (CuPy is not installed or fails to import)"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # any CUDA error: no driver, no device, broken runtime
-        return f"no usable CUDA device: {type(error).__name__}: {error}"
-    return None if count > 0 else "no CUDA device"
+        # Without a GPU, CuPy reports an "insufficient driver"; say what it means.
+        return f"no CUDA device ({type(error).__name__}: {error})"
+    return None if count > 0 else "no CUDA device (the CUDA runtime counts 0 devices)"
 
 
 NO_GPU = _why_no_gpu()
