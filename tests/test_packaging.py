@@ -31,6 +31,9 @@ def test_wheel_contains_kernels_and_adapters(wheel):
     for kernel in KERNEL_FILES:
         assert f"cudeform/kernels/{kernel}" in names
     assert "cudeform/adapters/__init__.py" in names
+    assert "cudeform/py.typed" in names  # PEP 561: type checkers read the annotations
+    assert any(name.endswith(".dist-info/licenses/LICENSE") or name.endswith("/LICENSE")
+               for name in names)
     assert "cudeform/_gpu/launch.py" in names and "cudeform/_cpu/deform_conv.py" in names
     assert not any(name.startswith(("tests/", "kernels/", "adapters/")) for name in names)
 
