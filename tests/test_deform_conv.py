@@ -154,6 +154,14 @@ def test_settings_are_validated(monkeypatch):
         cudeform.workspace_limit()
     with pytest.raises(ValueError, match=r"nbytes is not valid: .* got 0"):
         cudeform.set_workspace_limit(0)
+    for wrong in ("1000000", 1.5, 2.0, True, [1]):
+        with pytest.raises(TypeError, match=r"nbytes must be an int number of bytes or None"):
+            cudeform.set_workspace_limit(wrong)
+    try:
+        cudeform.set_workspace_limit(numpy.int64(5000))  # any integral type
+        assert cudeform.workspace_limit() == 5000 and type(cudeform.workspace_limit()) is int
+    finally:
+        cudeform.set_workspace_limit(None)
     monkeypatch.setenv("CUDEFORM_NUM_THREADS", "0")
     arrays, opts = _valid()
     with pytest.raises(ValueError, match=r"CUDEFORM_NUM_THREADS is not valid: expected a "
