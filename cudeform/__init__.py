@@ -3,6 +3,7 @@
 CUDA kernels are compiled at run time by CuPy; NumPy arrays run on the CPU.
 """
 
+from cudeform._typing import Array, IntPair
 from cudeform._workspace import set_workspace_limit, workspace_limit
 from cudeform.deform_conv import DeformConv2dGrads, deform_conv2d, deform_conv2d_backward
 from cudeform.deform_psroi_pool import (
@@ -11,9 +12,11 @@ from cudeform.deform_psroi_pool import (
 from cudeform.deform_roi_pool import DeformRoIPoolGrads, deform_roi_pool, deform_roi_pool_backward
 
 __all__ = [
+    "Array",
     "DeformConv2dGrads",
     "DeformPSRoIPoolGrads",
     "DeformRoIPoolGrads",
+    "IntPair",
     "deform_conv2d",
     "deform_conv2d_backward",
     "deform_psroi_pool",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import collections
+from typing import NamedTuple, Optional
 
 import numpy
 
@@ -10,12 +10,19 @@ from cudeform import _arrays
 from cudeform._cpu import deform_conv as cpu
 from cudeform._gpu import deform_conv as gpu
 from cudeform._shapes import check_grad_output, deform_conv2d_geometry
+from cudeform._typing import Array, IntPair
 
-DeformConv2dGrads = collections.namedtuple(
-    "DeformConv2dGrads", ["input", "offset", "weight", "bias", "mask"])
-DeformConv2dGrads.__doc__ = """Gradients of :func:`deform_conv2d`.
 
-``bias`` is None when the forward had no bias, ``mask`` None when it had no mask."""
+class DeformConv2dGrads(NamedTuple):
+    """Gradients of :func:`deform_conv2d`.
+
+    ``bias`` is None when the forward had no bias, ``mask`` None when it had no mask."""
+
+    input: Array
+    offset: Array
+    weight: Array
+    bias: Optional[Array]
+    mask: Optional[Array]
 
 
 def _prepare(arrays, stride, padding, dilation):
@@ -28,8 +35,9 @@ def _prepare(arrays, stride, padding, dilation):
     return xp, dtype, g, arrays
 
 
-def deform_conv2d(input, offset, weight, bias=None, *, stride=1, padding=0, dilation=1,
-                  mask=None):
+def deform_conv2d(input: Array, offset: Array, weight: Array, bias: Optional[Array] = None, *,
+                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
+                  mask: Optional[Array] = None) -> Array:
     r"""Deformable 2-D convolution (DCNv1; DCNv2 when ``mask`` is given).
 
     .. math::
@@ -80,8 +88,10 @@ def deform_conv2d(input, offset, weight, bias=None, *, stride=1, padding=0, dila
         return gpu.forward(*args, **engine)
 
 
-def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, *, stride=1,
-                           padding=0, dilation=1, mask=None):
+def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weight: Array,
+                           bias: Optional[Array] = None, *, stride: IntPair = 1,
+                           padding: IntPair = 0, dilation: IntPair = 1,
+                           mask: Optional[Array] = None) -> DeformConv2dGrads:
     """Gradients of :func:`deform_conv2d` with respect to every input.
 
     Args:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import collections
+from typing import NamedTuple, Optional
 
 import numpy
 
@@ -10,10 +10,15 @@ from cudeform import _arrays
 from cudeform._cpu import deform_psroi_pool as cpu
 from cudeform._gpu import deform_psroi_pool as gpu
 from cudeform._shapes import check_grad_output, deform_psroi_pool_geometry
+from cudeform._typing import Array
 
-DeformPSRoIPoolGrads = collections.namedtuple("DeformPSRoIPoolGrads", ["input", "offset"])
-DeformPSRoIPoolGrads.__doc__ = """Gradients of :func:`deform_psroi_pool`; ``offset`` is
-None when the forward had no offset."""
+
+class DeformPSRoIPoolGrads(NamedTuple):
+    """Gradients of :func:`deform_psroi_pool`; ``offset`` is None when the forward had no
+    offset."""
+
+    input: Array
+    offset: Optional[Array]
 
 
 def _prepare(arrays, options):
@@ -24,8 +29,10 @@ def _prepare(arrays, options):
     return xp, dtype, g, arrays
 
 
-def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, pooled_size,
-                      part_size=None, sample_per_part=4, spatial_scale=1.0, trans_std=0.1):
+def deform_psroi_pool(input: Array, rois: Array, offset: Optional[Array] = None, *,
+                      output_dim: int, group_size: int, pooled_size: int,
+                      part_size: Optional[int] = None, sample_per_part: int = 4,
+                      spatial_scale: float = 1.0, trans_std: float = 0.1) -> Array:
     r"""Deformable position-sensitive RoI pooling, the R-FCN head of Dai et al. 2017.
 
     Output bin ``(ph, pw)`` of channel ``ctop`` averages ``sample_per_part**2``
@@ -75,9 +82,12 @@ def deform_psroi_pool(input, rois, offset=None, *, output_dim, group_size, poole
         return gpu.forward(*args, **engine)
 
 
-def deform_psroi_pool_backward(grad_output, input, rois, offset=None, *, output_dim,
-                               group_size, pooled_size, part_size=None, sample_per_part=4,
-                               spatial_scale=1.0, trans_std=0.1):
+def deform_psroi_pool_backward(grad_output: Array, input: Array, rois: Array,
+                               offset: Optional[Array] = None, *, output_dim: int,
+                               group_size: int, pooled_size: int,
+                               part_size: Optional[int] = None, sample_per_part: int = 4,
+                               spatial_scale: float = 1.0,
+                               trans_std: float = 0.1) -> DeformPSRoIPoolGrads:
     """Gradients of :func:`deform_psroi_pool` with respect to ``input`` and ``offset``.
 
     Args:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import collections
+from typing import NamedTuple, Optional
 
 import numpy
 
@@ -10,10 +10,15 @@ from cudeform import _arrays
 from cudeform._cpu import deform_roi_pool as cpu
 from cudeform._gpu import deform_roi_pool as gpu
 from cudeform._shapes import check_grad_output, deform_roi_pool_geometry
+from cudeform._typing import Array, IntPair
 
-DeformRoIPoolGrads = collections.namedtuple("DeformRoIPoolGrads", ["input", "offset"])
-DeformRoIPoolGrads.__doc__ = """Gradients of :func:`deform_roi_pool`; ``offset`` is None
-when the forward had no offset."""
+
+class DeformRoIPoolGrads(NamedTuple):
+    """Gradients of :func:`deform_roi_pool`; ``offset`` is None when the forward had no
+    offset."""
+
+    input: Array
+    offset: Optional[Array]
 
 
 def _prepare(arrays, options):
@@ -24,8 +29,9 @@ def _prepare(arrays, options):
     return xp, dtype, g, arrays
 
 
-def deform_roi_pool(input, rois, offset=None, *, output_size, spatial_scale=1.0,
-                    sampling_ratio=0, gamma=0.1):
+def deform_roi_pool(input: Array, rois: Array, offset: Optional[Array] = None, *,
+                    output_size: IntPair, spatial_scale: float = 1.0, sampling_ratio: int = 0,
+                    gamma: float = 0.1) -> Array:
     r"""Deformable RoI pooling: RoIAlign average pooling with a learned shift per bin.
 
     Each RoI ``(batch_index, x1, y1, x2, y2)`` is mapped to the feature map with
@@ -73,8 +79,10 @@ def deform_roi_pool(input, rois, offset=None, *, output_size, spatial_scale=1.0,
         return gpu.forward(*args, **engine)
 
 
-def deform_roi_pool_backward(grad_output, input, rois, offset=None, *, output_size,
-                             spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
+def deform_roi_pool_backward(grad_output: Array, input: Array, rois: Array,
+                             offset: Optional[Array] = None, *, output_size: IntPair,
+                             spatial_scale: float = 1.0, sampling_ratio: int = 0,
+                             gamma: float = 0.1) -> DeformRoIPoolGrads:
     """Gradients of :func:`deform_roi_pool` with respect to ``input`` and ``offset``.
 
     Args:
