@@ -1,29 +1,56 @@
-"""``python -m cudeform [tour|demo|bench] [options]``.
-
-- ``tour`` (the default): deform_conv2d forward and backward on this machine's CPU,
-  and on its GPU when there is one, with two checks of the sampling rule.
-- ``demo``: a plain and a deformable CNN learn shapes of varying scale; prints both
-  accuracies and draws the learned sampling points (needs torch, tqdm, matplotlib).
-- ``bench``: times cudeform against the peers installed here, interleaved.
-
-``python -m cudeform COMMAND --help`` lists each command's options.
-"""
+"""``python -m cudeform [--version] [tour|demo|bench] [options]``."""
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import List, Optional
+
+from cudeform._cli import USAGE_STATUS, UsageError
 
 COMMANDS = {"tour": "cudeform._tour", "demo": "cudeform._demo", "bench": "cudeform._bench"}
+USAGE = "usage: python -m cudeform [--version] [tour|demo|bench] [options]"
+HELP = f"""{USAGE}
+
+Commands:
+  tour   (the default) deform_conv2d forward and backward on this machine's CPU,
+         and on its GPU when there is one, with two checks of the sampling rule
+  demo   a plain and a deformable CNN learn shapes of varying scale; prints both
+         accuracies and draws the learned sampling points
+         (needs the demo extra: pip install 'cudeform[demo]')
+  bench  times cudeform against the peers installed here, interleaved
+
+python -m cudeform COMMAND --help lists the options of COMMAND.
+python -m cudeform --version prints the version."""
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _run(argv: List[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(HELP)
         return 0
+    if argv and argv[0] == "--version":
+        import cudeform
+
+        print(f"cudeform {cudeform.__version__}")
+        return 0
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        raise UsageError(f"python -m cudeform: unknown command {argv[0]!r}; expected tour, "
+                         "demo or bench (see python -m cudeform --help)")
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "tour"
     return importlib.import_module(COMMANDS[command]).main(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run a command; a usage mistake prints one line to stderr and returns 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except UsageError as error:
+        print(error, file=sys.stderr)
+        return USAGE_STATUS
+    except KeyboardInterrupt:
+        print("python -m cudeform: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,21 +7,13 @@ the neighbouring pixel, and a half-pixel offset reads the mean of the two.
 
 from __future__ import annotations
 
-import argparse
 import time
+from typing import List, Optional
 
 import numpy
 
 import cudeform
-
-
-def _gpu_available():
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver or no device
-        return False
+from cudeform._cli import Parser, add_device_option, require_cuda, why_no_cuda
 
 
 def _tour(xp, device):
@@ -55,19 +47,23 @@ def _tour(xp, device):
     return reads_right and reads_mean
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m cudeform [tour]",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = Parser(prog="python -m cudeform tour",
+                    description="A short tour of deform_conv2d on this machine: DCNv2 forward "
+                                "and backward, and two facts of its sampling rule.")
+    add_device_option(parser, "the CPU, then the GPU when CuPy sees one")
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        require_cuda()
     print(f"cudeform {cudeform.__version__}; workspace limit {cudeform.workspace_limit()} bytes")
     ok = True
     if args.device in ("auto", "cpu"):
         ok = _tour(numpy, "cpu") and ok
-    if args.device == "cuda" or (args.device == "auto" and _gpu_available()):
+    no_cuda = None if args.device == "cuda" else why_no_cuda()
+    if args.device != "cpu" and no_cuda is None:
         import cupy
 
         ok = _tour(cupy, "cuda") and ok
     elif args.device == "auto":
-        print("[cuda] skipped: no GPU found (CuPy missing or no CUDA device)")
+        print(f"[cuda] skipped: {no_cuda}")
     return 0 if ok else 1

@@ -1,8 +1,21 @@
-"""``python -m cudeform``: the command dispatch."""
+"""``python -m cudeform``: the command dispatch, and one-line errors for every mistake."""
+
+import importlib.util
 
 import pytest
 
+import cudeform
+from cudeform import _cli
 from cudeform.__main__ import main
+
+
+def _one_line_error(capsys, argv):
+    """Run ``argv``; it must return 2 and print exactly one line, on stderr."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]
 
 
 def test_the_default_command_is_the_tour(capsys):
@@ -12,14 +25,67 @@ def test_the_default_command_is_the_tour(capsys):
     assert main(["tour", "--device", "cpu"]) == 0
 
 
-def test_help_lists_the_commands(capsys):
+def test_help_lists_the_commands_in_plain_text(capsys):
     assert main(["--help"]) == 0
     printed = capsys.readouterr().out
+    assert printed.startswith("usage: python -m cudeform [--version] [tour|demo|bench]")
     for command in ("tour", "demo", "bench"):
-        assert f"``{command}``" in printed
+        assert f"\n  {command} " in printed
+    assert "``" not in printed
 
 
-def test_an_unknown_option_is_an_argparse_error():
-    with pytest.raises(SystemExit) as error:
-        main(["--no-such-option"])
-    assert error.value.code == 2
+@pytest.mark.parametrize("command", ["tour", "demo"])
+def test_command_help_is_plain_text_with_defaults(capsys, command):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    assert "``" not in printed and "(default: auto)" in printed
+    if command == "demo":
+        for default in ("(default: 400)", "(default: 32)", "(default: 0)", "(default: 1000)",
+                        "cudeform_demo.png)"):
+            assert default in printed
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cudeform {cudeform.__version__}"
+
+
+def test_an_unknown_command_names_the_commands(capsys):
+    line = _one_line_error(capsys, ["foo"])
+    assert "unknown command 'foo'" in line and "tour, demo or bench" in line
+
+
+def test_an_unknown_option_is_one_line(capsys):
+    line = _one_line_error(capsys, ["--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in line
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["demo", "--steps", "0"], "--steps: expected an int >= 1, got '0'"),
+    (["demo", "--test-size", "3"], "--test-size: expected an int >= 4, got '3'"),
+    (["demo", "--out", "/no/such/folder/demo.png"], "the folder /no/such/folder does not exist"),
+    (["tour", "--device", "gpu"], "invalid choice: 'gpu'"),
+])
+def test_bad_arguments_are_one_line(capsys, argv, expected):
+    assert expected in _one_line_error(capsys, argv)
+
+
+@pytest.mark.skipif(_cli.why_no_cuda() is None, reason="this machine has a GPU")
+@pytest.mark.parametrize("command", ["tour", "demo"])
+def test_device_cuda_without_a_gpu_says_so(capsys, command):
+    line = _one_line_error(capsys, [command, "--device", "cuda"])
+    assert line.startswith("--device cuda: no GPU to run on: ")
+
+
+def test_demo_without_torch_names_the_install_command(capsys, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return None if name in ("torch", "matplotlib") else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    line = _one_line_error(capsys, ["demo", "--steps", "1"])
+    assert "needs torch, tqdm and matplotlib; not installed: torch, matplotlib." in line
+    assert "pip install 'cudeform[demo]'" in line

@@ -10,40 +10,64 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import List, Optional
 
 import numpy
 
+from cudeform._cli import (
+    Parser, UsageError, add_device_option, require_cuda, require_packages, require_writable_file,
+    why_no_cuda,
+)
+
 __all__ = ["main"]
+
+DEMO_PACKAGES = ("torch", "tqdm", "matplotlib")
+
+
+def _at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}")
+        return value
+    return parse
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m cudeform demo",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400,
-                        help="training steps of each network (default 400)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser = Parser(prog="python -m cudeform demo",
+                    description="A plain and a deformable CNN learn a task of varying scale; "
+                                "prints both test accuracies and draws where they sample. "
+                                "Needs torch, tqdm and matplotlib (the demo extra).")
+    parser.add_argument("--steps", type=_at_least(1), default=400,
+                        help="training steps of each network")
+    parser.add_argument("--batch-size", type=_at_least(1), default=32,
+                        help="images per training step")
     parser.add_argument("--out", default="cudeform_demo.png",
-                        help="where to write the picture (default cudeform_demo.png)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: cuda when torch and CuPy see a GPU, else cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--test-size", type=int, default=1000)
+                        help="where to write the picture (PNG)")
+    add_device_option(parser, "cuda when torch and CuPy see a GPU, else cpu")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights, the training batches and the test set")
+    parser.add_argument("--test-size", type=_at_least(4), default=1000,
+                        help="test images, drawn once")
     return parser
 
 
 def _device(choice):
+    """``"cpu"`` or ``"cuda"``; ``--device cuda`` without a usable GPU is a UsageError."""
     import torch
 
     if choice == "cpu":
         return "cpu"
-    try:
-        import cupy  # noqa: F401  (cudeform's CUDA kernels run through CuPy)
-        usable = torch.cuda.is_available()
-    except ImportError:
-        usable = False
-    if choice == "cuda" and not usable:
-        raise SystemExit("--device cuda needs a CUDA build of torch, a GPU and CuPy")
-    return "cuda" if usable else "cpu"
+    if choice == "cuda":
+        require_cuda()
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no GPU to run on: this torch build sees no "
+                             "CUDA device (install a CUDA build of torch)")
+        return "cuda"
+    return "cuda" if why_no_cuda() is None and torch.cuda.is_available() else "cpu"
 
 
 def _pick_examples(test, correct, count=4, within=2.0):
@@ -64,10 +88,10 @@ def _pick_examples(test, correct, count=4, within=2.0):
     return numpy.array(picked)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    if args.steps < 1 or args.batch_size < 1 or args.test_size < 4:
-        raise SystemExit("--steps and --batch-size must be positive, --test-size at least 4")
+    require_packages("demo", "demo", DEMO_PACKAGES)
+    require_writable_file("--out", args.out)
     import torch
 
     from cudeform._demo import figure, nets, sampling, training
