@@ -102,3 +102,14 @@ def test_a_tiny_run_prints_both_accuracies_and_writes_the_picture(tmp_path, caps
     assert "plain CNN       test accuracy" in printed
     assert "deformable CNN  test accuracy" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_panel_labels_count_the_distinct_positions():
+    from cudeform._demo.figure import points_label
+
+    # Two stacked 3x3 layers with dilation 1 sample 81 points on 25 positions.
+    grid = numpy.array([(a + c, b + d) for a in (-1, 0, 1) for b in (-1, 0, 1)
+                        for c in (-1, 0, 1) for d in (-1, 0, 1)], dtype=float)
+    assert points_label(grid) == "81 sampling points (25 distinct positions)"
+    spread_out = grid + numpy.random.default_rng(0).uniform(-0.3, 0.3, grid.shape)
+    assert points_label(spread_out) == "81 sampling points"

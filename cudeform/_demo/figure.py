@@ -12,6 +12,15 @@ _UNIT = "#35d14f"
 _RADIUS = "#f2c12e"
 
 
+def points_label(points):
+    """What a panel shows of ``points`` ``(m, 2)``: their count and, when some coincide,
+    how many distinct positions are visible, e.g. "81 sampling points (25 distinct
+    positions)" for the regular grid of two stacked 3x3 layers."""
+    distinct = len(numpy.unique(numpy.round(points, 6), axis=0))
+    label = f"{len(points)} sampling points"
+    return label if distinct == len(points) else f"{label} ({distinct} distinct positions)"
+
+
 def _panel(ax, image, unit, points):
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
     ax.scatter(points[:, 1], points[:, 0], s=9, c=_POINT, alpha=0.75, linewidths=0)
@@ -23,7 +32,7 @@ def _panel(ax, image, unit, points):
     ax.set_ylim(image.shape[0] - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel(f"RMS radius {radius:.1f} px", fontsize=8)
+    ax.set_xlabel(f"{points_label(points)}\nRMS radius {radius:.1f} px", fontsize=7)
 
 
 def _circle(centre, radius):
@@ -69,7 +78,8 @@ def draw(path, examples, titles, units, plain_points, deformable_points, lengths
                label="deformable, one dot per test image")
     ax.axhline(plain_spread, color="black", lw=1, ls="--", label="plain (regular grid)")
     r = numpy.corrcoef(lengths, spreads)[0, 1]
-    ax.set_title(f"RMS radius of the 81 points\nagainst shape size (r = {r:.2f})", fontsize=9)
+    ax.set_title(f"RMS radius of the {plain_points.shape[1]} points\nagainst shape size "
+                 f"(r = {r:.2f})", fontsize=9)
     ax.set_xlabel("long side of the shape (px)", fontsize=8)
     ax.set_ylabel("RMS radius of the sampling points (px)", fontsize=8)
     ax.yaxis.set_label_position("right")  # clear of the image panels
@@ -77,7 +87,8 @@ def draw(path, examples, titles, units, plain_points, deformable_points, lengths
     ax.tick_params(labelsize=8)
     ax.set_ylim(0, None)
     ax.legend(fontsize=7, loc="lower right")
-    figure.suptitle("Where one unit of conv4 (green star) looks: the 81 sampling points of "
-                    "conv3 + conv4 (red), with their RMS radius (dashed)", fontsize=10)
+    figure.suptitle("Where one unit of conv4 (green star) looks: the sampling points of "
+                    "conv3 + conv4 (red; coinciding points overlap), with their RMS radius "
+                    "(dashed)", fontsize=10)
     figure.subplots_adjust(left=0.04, right=0.955, top=0.88, bottom=0.07)
     figure.savefig(path)
