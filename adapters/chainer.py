@@ -13,7 +13,10 @@ The links (:class:`DeformConv2d`, :class:`DeformConv2dPack`,
 :class:`DeformPSRoIPoolPack`) live in ``chainer_links.py`` and are importable from here.
 
 Chainer 7.8.1 needs ``setuptools<81`` (it imports ``pkg_resources``) and, under NumPy 2,
-the ``numpy.sctypes`` shim of ``_chainer_compat``, imported below before Chainer.
+the ``numpy.sctypes`` shim of ``_chainer_compat``, imported below before Chainer. So
+import this module before ``chainer``: Chainer fails at its own import under NumPy 2
+unless the shim ran first, and no library can run code before the user's
+``import chainer`` without a start-up hook in every Python process.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ import chainer.functions  # noqa: E402
 from chainer import function_node  # noqa: E402
 from chainer.utils import type_check  # noqa: E402
 
+from typing import Optional, Union  # noqa: E402
+
 import cudeform  # noqa: E402
+from cudeform._typing import Array, IntPair  # noqa: E402
+
+#: What the functions take: a ``chainer.Variable`` or a NumPy/CuPy array.
+Input = Union[chainer.Variable, Array]
 
 __all__ = [
     "deform_conv2d", "deform_roi_pool", "deform_psroi_pool",
@@ -106,7 +115,9 @@ class DeformConv2dGrad(function_node.FunctionNode):
         _no_double_backward("deform_conv2d")
 
 
-def deform_conv2d(x, offset, W, b=None, stride=1, pad=0, dilate=1, mask=None):
+def deform_conv2d(x: Input, offset: Input, W: Input, b: Optional[Input] = None,
+                  stride: IntPair = 1, pad: IntPair = 0, dilate: IntPair = 1,
+                  mask: Optional[Input] = None) -> chainer.Variable:
     r"""Deformable 2-D convolution (DCNv1; DCNv2 with ``mask``) on Chainer variables.
 
     .. math::
@@ -200,8 +211,9 @@ class DeformPSRoIPoolFunction(_RoIPoolFunction):
     core_backward = staticmethod(cudeform.deform_psroi_pool_backward)
 
 
-def deform_roi_pool(x, rois, offset=None, *, output_size, spatial_scale=1.0,
-                    sampling_ratio=0, gamma=0.1):
+def deform_roi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
+                    output_size: IntPair, spatial_scale: float = 1.0, sampling_ratio: int = 0,
+                    gamma: float = 0.1) -> chainer.Variable:
     """Deformable RoI pooling (RoIAlign average pooling with a learned shift per bin)
     on Chainer variables; calls :func:`cudeform.deform_roi_pool` (mmcv semantics).
 
@@ -224,8 +236,10 @@ def deform_roi_pool(x, rois, offset=None, *, output_size, spatial_scale=1.0,
     return node.apply([a for a in (x, rois, offset) if a is not None])[0]
 
 
-def deform_psroi_pool(x, rois, offset=None, *, output_dim, group_size, pooled_size,
-                      part_size=None, sample_per_part=4, spatial_scale=1.0, trans_std=0.1):
+def deform_psroi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
+                      output_dim: int, group_size: int, pooled_size: int,
+                      part_size: Optional[int] = None, sample_per_part: int = 4,
+                      spatial_scale: float = 1.0, trans_std: float = 0.1) -> chainer.Variable:
     """Deformable position-sensitive RoI pooling (the R-FCN head) on Chainer variables;
     calls :func:`cudeform.deform_psroi_pool` (MXNet semantics; ``offset=None`` is
     MXNet's ``no_trans``).
@@ -253,7 +267,7 @@ def deform_psroi_pool(x, rois, offset=None, *, output_dim, group_size, pooled_si
 # --- offset layout of chainer.functions.deformable_convolution_2d_sampler -------------
 
 
-def offset_from_chainer_sampler(offset):
+def offset_from_chainer_sampler(offset: Input) -> chainer.Variable:
     """Chainer sampler offsets to cudeform's interleaved ``(dy, dx)`` layout.
 
     ``chainer.functions.deformable_convolution_2d_sampler`` takes an offset of shape
@@ -289,7 +303,7 @@ def offset_from_chainer_sampler(offset):
     return chainer.functions.reshape(pairs, (n, channels, height, width))
 
 
-def offset_to_chainer_sampler(offset):
+def offset_to_chainer_sampler(offset: Input) -> chainer.Variable:
     """cudeform's interleaved ``(dy, dx)`` offsets (one offset group) to the layout of
     ``chainer.functions.deformable_convolution_2d_sampler``: all dx, then all dy.
     The inverse of :func:`offset_from_chainer_sampler`, whose docstring describes the

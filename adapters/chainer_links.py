@@ -15,8 +15,12 @@ import chainer.functions as F  # noqa: E402
 import chainer.links as L  # noqa: E402
 from chainer import initializers  # noqa: E402
 
-from cudeform._shapes import pair  # noqa: E402
+from typing import Optional  # noqa: E402
+
+from cudeform import _layer_arguments as arguments  # noqa: E402
+from cudeform._typing import IntPair  # noqa: E402
 from cudeform.adapters import chainer as functions  # noqa: E402
+from cudeform.adapters.chainer import Input  # noqa: E402
 
 
 class DeformConv2d(chainer.Chain):
@@ -38,16 +42,14 @@ class DeformConv2d(chainer.Chain):
     ``mask (N, dg*kh*kw, H_out, W_out)``; returns ``(N, C_out, H_out, W_out)``.
     """
 
-    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, dilate=1,
-                 groups=1, nobias=False, initialW=None, initial_bias=None):
+    def __init__(self, in_channels: int, out_channels: int, ksize: IntPair, stride: IntPair = 1,
+                 pad: IntPair = 0, dilate: IntPair = 1, groups: int = 1, nobias: bool = False,
+                 initialW=None, initial_bias=None) -> None:
         super().__init__()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.ksize = pair(ksize, "ksize", minimum=1)
-        self.stride, self.pad, self.dilate = stride, pad, dilate
-        self.groups = groups
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={in_channels} "
-                             f"and out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.groups = arguments.conv_layer(
+            in_channels, out_channels, groups)
+        self.ksize, self.stride, self.pad, self.dilate = arguments.conv_geometry(
+            ksize, stride, pad, dilate, names=("ksize", "stride", "pad", "dilate"))
         with self.init_scope():
             self.W = chainer.Parameter(initializers._get_initializer(initialW),
                                        (out_channels, in_channels // groups, *self.ksize))
@@ -55,7 +57,7 @@ class DeformConv2d(chainer.Chain):
                 initializers._get_initializer(0 if initial_bias is None else initial_bias),
                 (out_channels,))
 
-    def forward(self, x, offset, mask=None):
+    def forward(self, x: Input, offset: Input, mask: Optional[Input] = None) -> chainer.Variable:
         return functions.deform_conv2d(x, offset, self.W, self.b, self.stride, self.pad,
                                        self.dilate, mask=mask)
 
@@ -77,18 +79,20 @@ class DeformConv2dPack(DeformConv2d):
 
     mask_channels = 0  # per offset group and tap; 1 in the modulated version
 
-    def __init__(self, in_channels, out_channels, ksize, stride=1, pad=0, dilate=1,
-                 groups=1, nobias=False, initialW=None, initial_bias=None, deform_groups=1):
+    def __init__(self, in_channels: int, out_channels: int, ksize: IntPair, stride: IntPair = 1,
+                 pad: IntPair = 0, dilate: IntPair = 1, groups: int = 1, nobias: bool = False,
+                 initialW=None, initial_bias=None, deform_groups: int = 1) -> None:
         super().__init__(in_channels, out_channels, ksize, stride, pad, dilate, groups,
                          nobias, initialW, initial_bias)
-        self.deform_groups = deform_groups
-        taps = deform_groups * self.ksize[0] * self.ksize[1]
+        self.deform_groups = arguments.divisor(deform_groups, "deform_groups",
+                                               in_channels=self.in_channels)
+        taps = self.deform_groups * self.ksize[0] * self.ksize[1]
         with self.init_scope():
             self.conv_offset = L.Convolution2D(
-                in_channels, (2 + self.mask_channels) * taps, self.ksize, stride, pad,
-                initialW=0, initial_bias=0, dilate=dilate)
+                in_channels, (2 + self.mask_channels) * taps, self.ksize, self.stride,
+                self.pad, initialW=0, initial_bias=0, dilate=self.dilate)
 
-    def forward(self, x):
+    def forward(self, x: Input) -> chainer.Variable:
         return super().forward(x, self.conv_offset(x))
 
 
@@ -106,7 +110,7 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
 
     mask_channels = 1
 
-    def forward(self, x):
+    def forward(self, x: Input) -> chainer.Variable:
         out = self.conv_offset(x)
         taps = self.deform_groups * self.ksize[0] * self.ksize[1]
         offset, mask = F.split_axis(out, [2 * taps], axis=1)
@@ -132,12 +136,15 @@ class DeformRoIPoolPack(chainer.Chain):
     ``forward(x, rois)``: ``x (N, C, H, W)``, ``rois (R, 5)``; returns ``(R, C, ph, pw)``.
     """
 
-    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=0, gamma=0.1, *,
-                 in_channels, deform_fc_channels=1024):
+    def __init__(self, output_size: IntPair, spatial_scale: float = 1.0,
+                 sampling_ratio: int = 0, gamma: float = 0.1, *, in_channels: int,
+                 deform_fc_channels: int = 1024) -> None:
         super().__init__()
-        self.output_size = pair(output_size, "output_size", minimum=1)
-        self.options = dict(output_size=self.output_size, spatial_scale=spatial_scale,
-                            sampling_ratio=sampling_ratio, gamma=gamma)
+        self.options = arguments.roi_pool_layer(output_size, spatial_scale, sampling_ratio,
+                                                gamma)
+        self.output_size = self.options["output_size"]
+        in_channels = arguments.positive(in_channels, "in_channels")
+        deform_fc_channels = arguments.positive(deform_fc_channels, "deform_fc_channels")
         ph, pw = self.output_size
         with self.init_scope():
             self.offset_fc = chainer.Sequential(
@@ -145,7 +152,7 @@ class DeformRoIPoolPack(chainer.Chain):
                 L.Linear(deform_fc_channels, deform_fc_channels), F.relu,
                 L.Linear(deform_fc_channels, 2 * ph * pw, initialW=0, initial_bias=0))
 
-    def forward(self, x, rois):
+    def forward(self, x: Input, rois: Input) -> chainer.Variable:
         pooled = functions.deform_roi_pool(x, rois, **self.options)
         offset = self.offset_fc(F.reshape(pooled, (len(rois), -1)))
         offset = F.reshape(offset, (len(rois), 2, *self.output_size))
@@ -179,19 +186,24 @@ class DeformPSRoIPoolPack(chainer.Chain):
     ``(R, output_dim, pooled_size, pooled_size)``.
     """
 
-    def __init__(self, in_channels, output_dim, group_size, pooled_size, num_classes=1,
-                 sample_per_part=4, spatial_scale=1.0, trans_std=0.1):
+    def __init__(self, in_channels: int, output_dim: int, group_size: int, pooled_size: int,
+                 num_classes: int = 1, sample_per_part: int = 4, spatial_scale: float = 1.0,
+                 trans_std: float = 0.1) -> None:
         super().__init__()
-        self.output_dim, self.group_size = output_dim, group_size
-        self.pooled_size, self.num_classes = pooled_size, num_classes
-        self.sample_per_part, self.spatial_scale = sample_per_part, spatial_scale
-        self.trans_std = trans_std
+        options = arguments.psroi_pool_layer(output_dim, group_size, pooled_size, None,
+                                             sample_per_part, spatial_scale, trans_std,
+                                             num_classes)
+        self.output_dim, self.group_size = options["output_dim"], options["group_size"]
+        self.pooled_size, self.num_classes = options["pooled_size"], num_classes
+        self.sample_per_part = options["sample_per_part"]
+        self.spatial_scale, self.trans_std = options["spatial_scale"], options["trans_std"]
+        in_channels = arguments.positive(in_channels, "in_channels")
         with self.init_scope():
             self.conv_offset = L.Convolution2D(
-                in_channels, 2 * num_classes * pooled_size**2, 1, initialW=0,
+                in_channels, 2 * num_classes * self.pooled_size**2, 1, initialW=0,
                 initial_bias=0)
 
-    def forward(self, features, score_maps, rois):
+    def forward(self, features: Input, score_maps: Input, rois: Input) -> chainer.Variable:
         k = self.pooled_size
         common = dict(pooled_size=k, sample_per_part=self.sample_per_part,
                       spatial_scale=self.spatial_scale)
