@@ -15,12 +15,15 @@ import chainer.functions as F  # noqa: E402
 import chainer.links as L  # noqa: E402
 from chainer import initializers  # noqa: E402
 
-from typing import Optional  # noqa: E402
+from typing import Optional, Union  # noqa: E402
 
 from cudeform import _layer_arguments as arguments  # noqa: E402
-from cudeform._typing import IntPair  # noqa: E402
+from cudeform._typing import Array, IntPair  # noqa: E402
 from cudeform.adapters import chainer as functions  # noqa: E402
 from cudeform.adapters.chainer import Input  # noqa: E402
+
+#: What ``initialW`` and ``initial_bias`` take, as in ``chainer.links.Convolution2D``.
+Initializer = Optional[Union[chainer.Initializer, Array, float]]
 
 
 class DeformConv2d(chainer.Chain):
@@ -44,7 +47,7 @@ class DeformConv2d(chainer.Chain):
 
     def __init__(self, in_channels: int, out_channels: int, ksize: IntPair, stride: IntPair = 1,
                  pad: IntPair = 0, dilate: IntPair = 1, groups: int = 1, nobias: bool = False,
-                 initialW=None, initial_bias=None) -> None:
+                 initialW: Initializer = None, initial_bias: Initializer = None) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.groups = arguments.conv_layer(
             in_channels, out_channels, groups)
@@ -81,7 +84,8 @@ class DeformConv2dPack(DeformConv2d):
 
     def __init__(self, in_channels: int, out_channels: int, ksize: IntPair, stride: IntPair = 1,
                  pad: IntPair = 0, dilate: IntPair = 1, groups: int = 1, nobias: bool = False,
-                 initialW=None, initial_bias=None, deform_groups: int = 1) -> None:
+                 initialW: Initializer = None, initial_bias: Initializer = None,
+                 deform_groups: int = 1) -> None:
         super().__init__(in_channels, out_channels, ksize, stride, pad, dilate, groups,
                          nobias, initialW, initial_bias)
         self.deform_groups = arguments.divisor(deform_groups, "deform_groups",
