@@ -1,8 +1,8 @@
 """Dispatch checks: which array module runs an op, dtype checks, and the GPU context.
 
 NumPy arrays run on the CPU, CuPy arrays on their GPU; a mix is a TypeError. The
-public functions call ``cudeform._cpu.<op>`` or ``cudeform._gpu.<op>`` themselves,
-after :func:`prepare`; for the GPU they do so inside :func:`on_gpu`.
+public functions name both implementations of their op, ``cudeform._cpu.<op>`` and
+``cudeform._gpu.<op>``, and :func:`call` runs the one that fits the arrays.
 """
 
 from __future__ import annotations
@@ -125,6 +125,15 @@ def prepare(arrays):
     xp = array_module(arrays)
     dtype = common_dtype(arrays, xp)
     return xp, dtype, {name: contiguous(xp, a) for name, a in arrays.items()}
+
+
+def call(xp, dtype, cpu_function, gpu_function, args):
+    """``cpu_function(*args)`` for NumPy arrays; for CuPy arrays
+    ``gpu_function(*args, **engine)`` inside :func:`on_gpu`, on the GPU of ``args[0]``."""
+    if xp is numpy:
+        return cpu_function(*args)
+    with on_gpu(args[0], dtype) as engine:
+        return gpu_function(*args, **engine)
 
 
 @contextlib.contextmanager

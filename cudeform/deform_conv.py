@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-import numpy
-
 from cudeform import _arrays
 from cudeform._cpu import deform_conv as cpu
 from cudeform._gpu import deform_conv as gpu
@@ -82,10 +80,7 @@ def deform_conv2d(input: Array, offset: Array, weight: Array, bias: Optional[Arr
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
     args = (a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
-    if xp is numpy:
-        return cpu.forward(*args)
-    with _arrays.on_gpu(args[0], dtype) as engine:
-        return gpu.forward(*args, **engine)
+    return _arrays.call(xp, dtype, cpu.forward, gpu.forward, args)
 
 
 def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weight: Array,
@@ -117,7 +112,4 @@ def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weig
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
     check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
-    if xp is numpy:
-        return DeformConv2dGrads(*cpu.backward(*args))
-    with _arrays.on_gpu(args[0], dtype) as engine:
-        return DeformConv2dGrads(*gpu.backward(*args, **engine))
+    return DeformConv2dGrads(*_arrays.call(xp, dtype, cpu.backward, gpu.backward, args))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-import numpy
-
 from cudeform import _arrays
 from cudeform._cpu import deform_psroi_pool as cpu
 from cudeform._gpu import deform_psroi_pool as gpu
@@ -76,10 +74,7 @@ def deform_psroi_pool(input: Array, rois: Array, offset: Optional[Array] = None,
                    spatial_scale=spatial_scale, trans_std=trans_std)
     xp, dtype, g, a = _prepare(dict(input=input, rois=rois, offset=offset), options)
     args = (a["input"], a["rois"], a["offset"], g)
-    if xp is numpy:
-        return cpu.forward(*args)
-    with _arrays.on_gpu(args[0], dtype) as engine:
-        return gpu.forward(*args, **engine)
+    return _arrays.call(xp, dtype, cpu.forward, gpu.forward, args)
 
 
 def deform_psroi_pool_backward(grad_output: Array, input: Array, rois: Array,
@@ -112,7 +107,4 @@ def deform_psroi_pool_backward(grad_output: Array, input: Array, rois: Array,
         dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
     check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
-    if xp is numpy:
-        return DeformPSRoIPoolGrads(*cpu.backward(*args))
-    with _arrays.on_gpu(args[0], dtype) as engine:
-        return DeformPSRoIPoolGrads(*gpu.backward(*args, **engine))
+    return DeformPSRoIPoolGrads(*_arrays.call(xp, dtype, cpu.backward, gpu.backward, args))
