@@ -31,6 +31,8 @@ def test_wheel_contains_kernels_and_adapters(wheel):
     for kernel in KERNEL_FILES:
         assert f"cudeform/kernels/{kernel}" in names
     assert "cudeform/adapters/__init__.py" in names
+    assert {"cudeform/adapters/torch/__init__.py", "cudeform/adapters/torch/mmcv.py",
+            "cudeform/adapters/torch_layers.py", "cudeform/adapters/torch_onnx.py"} <= names
     assert "cudeform/_gpu/launch.py" in names and "cudeform/_cpu/deform_conv.py" in names
     assert not any(name.startswith(("tests/", "kernels/", "adapters/")) for name in names)
 
