@@ -210,6 +210,31 @@ def test_deform_psroi_pool_gradcheck(options):
     gradcheck(lambda x: adapter.deform_psroi_pool(x, t["rois"], **kwargs), (t["input"],))
 
 
+def test_offset_gradient_border_rule():
+    """Zero offsets with padding 1 put the top taps exactly on ``py = -1``: their dy
+    gradient is 0 (mmcv's rule), where the derivative from above (torchvision's choice
+    there) is not. At an integer position inside the map the gradient is the
+    derivative from above. Checked against forward differences of the op itself."""
+    x = torch.arange(1.0, 10.0, dtype=torch.float64).reshape(1, 1, 3, 3)
+    weight = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    offset = torch.zeros(1, 18, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = adapter.deform_conv2d(x, offset, weight, padding=1)
+    grad, = torch.autograd.grad(y[0, 0, 0, 1], offset)  # output (0, 1): top taps at py = -1
+
+    def from_above(channel, step=1e-7):
+        moved = offset.detach().clone()
+        moved[0, channel, 0, 1] += step
+        return ((adapter.deform_conv2d(x, moved, weight, padding=1) - y.detach())[0, 0, 0, 1]
+                / step).item()
+
+    for tap in (0, 1, 2):  # the top row of the kernel: dy channel 2*tap
+        assert grad[0, 2 * tap, 0, 1] == 0
+        assert from_above(2 * tap) == pytest.approx(x[0, 0, 0, tap].item(), rel=1e-6)
+    centre = 4  # tap (1, 1) samples (0, 1), an integer position inside the map
+    assert grad[0, 2 * centre, 0, 1].item() == pytest.approx(from_above(2 * centre), rel=1e-6)
+    assert grad[0, 2 * centre, 0, 1] == x[0, 0, 1, 1] - x[0, 0, 0, 1]
+
+
 def test_rois_get_no_gradient():
     arrays, options = roi_pool_case(numpy.random.default_rng(36))
     t = tensors(arrays, ("input", "rois", "offset"))
