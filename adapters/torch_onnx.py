@@ -66,7 +66,7 @@ def deform_conv2d_to_onnx(
         offset_group=offset_group, pads=[pad_h, pad_w, pad_h, pad_w], strides=list(stride))
 
 
-def onnx_translation_table():
+def onnx_translation_table() -> dict:
     """The ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True,
     opset_version=19)``: ``{torch.ops.cudeform.deform_conv2d.default: <DeformConv>}``."""
     return {torch.ops.cudeform.deform_conv2d.default: deform_conv2d_to_onnx}
