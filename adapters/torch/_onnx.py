@@ -30,20 +30,27 @@ __all__ = ["OPSET", "deform_conv2d_node", "exporting_to_onnx", "in_onnx_export",
 OPSET = 19  # the first opset with DeformConv
 
 
-def in_onnx_export() -> bool:
-    """True inside ``torch.onnx.export``, also while dynamo traces the model for it.
+def _dynamo_exporter_running() -> bool:
+    """True inside ``torch.onnx.export(..., dynamo=True)`` (the exporter's own flag),
+    also while dynamo traces the model for it, where ``torch.onnx.is_in_onnx_export()``
+    is folded to False."""
+    if _exporter_flags is None:
+        return torch.onnx.is_in_onnx_export()
+    return bool(getattr(_exporter_flags, "_is_onnx_exporting", False))
 
-    ``torch.onnx.export`` first traces without dynamo, where
-    ``torch.onnx.is_in_onnx_export()`` answers; if that fails it retries with dynamo,
-    which folds that call to False, so the exporter's own flag is read as well.
-    """
-    return torch.onnx.is_in_onnx_export() or bool(
-        getattr(_exporter_flags, "_is_onnx_exporting", False))
+
+def in_onnx_export() -> bool:
+    """True inside any ``torch.onnx.export``, the TorchScript-based one included."""
+    return torch.onnx.is_in_onnx_export() or _dynamo_exporter_running()
 
 
 def exporting_to_onnx() -> bool:
-    """True inside ``torch.onnx.export`` when this torch can record ONNX nodes itself."""
-    return in_onnx_export() and hasattr(getattr(torch.onnx, "ops", None), "symbolic")
+    """True inside ``torch.onnx.export(..., dynamo=True)`` when this torch can record ONNX
+    nodes itself (``torch.onnx.ops.symbolic``). The TorchScript-based exporter
+    (``dynamo=False``) traces sizes as tensors and is left the custom op, which it
+    cannot translate."""
+    return _dynamo_exporter_running() and hasattr(getattr(torch.onnx, "ops", None),
+                                                  "symbolic")
 
 
 def _static(value, name: str) -> int:
