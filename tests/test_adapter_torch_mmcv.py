@@ -13,7 +13,6 @@ import inspect
 import math
 from collections import OrderedDict
 
-import numpy
 import pytest
 
 torch = pytest.importorskip("torch")

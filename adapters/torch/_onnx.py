@@ -1,12 +1,12 @@
 """What the functional ops become inside ``torch.onnx.export(..., dynamo=True)``.
 
-While ``torch.onnx.is_in_onnx_export()`` is true, :func:`deform_conv2d_node` stands
-in for ``cudeform::deform_conv2d``: ``torch.onnx.ops.symbolic`` (torch 2.8 and
-later) records the standard ONNX ``DeformConv`` (opset 19) with the output's shape
-from :mod:`cudeform._shapes`, symbolic sizes included, so a dynamic batch and
-dynamic spatial sizes export with no translation table. ``DeformConv``'s offset
-layout, mask and border rule are cudeform's. The RoI pooling ops have no ONNX
-operator: :func:`refuse_export` says so during an export.
+Inside that export :func:`deform_conv2d_node` stands in for ``cudeform::deform_conv2d``:
+``torch.onnx.ops.symbolic`` (torch 2.8 and later) records the standard ONNX
+``DeformConv`` (opset 19) with the output's shape from :mod:`cudeform._shapes`,
+symbolic sizes included, so a dynamic batch and dynamic spatial sizes export with no
+translation table. ``DeformConv``'s offset layout, mask and border rule are
+cudeform's. The RoI pooling ops have no ONNX operator: :func:`refuse_export` says so
+during an export.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 from cudeform.adapters.torch._checks import check_tensors
 from cudeform.adapters.torch._conv_ops import conv_geometry
 
-try:  # the dynamo exporter's flag (torch >= 2.5), see in_onnx_export
+try:  # the dynamo exporter's own flag (private to torch), see _dynamo_exporter_running
     from torch.onnx._internal.exporter import _flags as _exporter_flags
 except ImportError:
     _exporter_flags = None
