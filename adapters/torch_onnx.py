@@ -1,9 +1,12 @@
-"""Export of cudeform's PyTorch deformable convolution to ONNX ``DeformConv`` (opset 19).
+"""A translation table for ``torch.onnx.export(..., dynamo=True)``: ``cudeform::deform_conv2d``
+as the standard ONNX ``DeformConv`` node (opset 19).
 
-``torch.onnx.export(..., dynamo=True)`` does not know the custom op
-``torch.ops.cudeform.deform_conv2d``; :func:`onnx_translation_table` tells it to emit
-the standard ONNX ``DeformConv`` node, whose offset layout, mask and border rule are
-cudeform's::
+It is rarely needed. The functional op and the layers record ``DeformConv`` by
+themselves inside ``torch.onnx.export`` (torch 2.8 and later; see
+``cudeform/adapters/torch/_onnx.py``), so a plain
+``torch.onnx.export(model, (x,), dynamo=True, opset_version=19)`` works. The table
+serves models that call ``torch.ops.cudeform.deform_conv2d`` directly, older torch
+versions, and code that already passes it::
 
     from cudeform.adapters.torch_onnx import onnx_translation_table
 
@@ -63,7 +66,7 @@ def deform_conv2d_to_onnx(
         offset_group=offset_group, pads=[pad_h, pad_w, pad_h, pad_w], strides=list(stride))
 
 
-def onnx_translation_table():
+def onnx_translation_table() -> dict:
     """The ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True,
     opset_version=19)``: ``{torch.ops.cudeform.deform_conv2d.default: <DeformConv>}``."""
     return {torch.ops.cudeform.deform_conv2d.default: deform_conv2d_to_onnx}

@@ -3,6 +3,11 @@
 The NumPy path, the CUDA path and the framework adapters (including shape-only
 "fake" implementations) all call into this module, so each rule of
 ``OPS_SPEC.md`` is written exactly once.
+
+Sizes are taken as they come and never passed through ``int()``: the PyTorch
+adapter's fake kernels hand in symbolic sizes (``torch.SymInt``), which must stay
+symbolic for ``torch.export`` and ``torch.compile(dynamic=True)``; a comparison of
+two of them becomes a guard, not a constant.
 """
 
 from __future__ import annotations
@@ -113,8 +118,8 @@ def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=N
     _require_ndim(input_shape, 4, "input")
     _require_ndim(weight_shape, 4, "weight")
     _require_ndim(offset_shape, 4, "offset")
-    batch, in_channels, height, width = (int(s) for s in input_shape)
-    out_channels, group_channels, kernel_h, kernel_w = (int(s) for s in weight_shape)
+    batch, in_channels, height, width = input_shape
+    out_channels, group_channels, kernel_h, kernel_w = weight_shape
 
     if out_channels < 1 or group_channels < 1 or kernel_h < 1 or kernel_w < 1:
         raise ValueError(
@@ -133,7 +138,7 @@ def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=N
         )
 
     taps = kernel_h * kernel_w
-    offset_channels = int(offset_shape[1])
+    offset_channels = offset_shape[1]
     if offset_channels < 2 * taps or offset_channels % (2 * taps):
         raise ValueError(
             f"offset.shape[1] is not valid: expected a positive multiple of "
@@ -202,11 +207,11 @@ def _positive_int(value, name, minimum=1):
 
 def _check_input_and_rois(input_shape, rois_shape):
     _require_ndim(input_shape, 4, "input")
-    if int(input_shape[2]) < 1 or int(input_shape[3]) < 1:
+    if input_shape[2] < 1 or input_shape[3] < 1:
         raise ValueError(f"input.shape is not valid: expected a positive height and width, "
                          f"got {tuple(input_shape)}")
     _require_ndim(rois_shape, 2, "rois")
-    if int(rois_shape[1]) != 5:
+    if rois_shape[1] != 5:
         raise ValueError(f"rois.shape is not valid: expected (R, 5) rows of (batch_index, x1, "
                          f"y1, x2, y2), got {tuple(rois_shape)}")
 
@@ -241,7 +246,7 @@ def deform_roi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, outp
     _check_input_and_rois(input_shape, rois_shape)
     pooled_h, pooled_w = pair(output_size, "output_size", minimum=1)
     geometry = RoIPoolGeometry(
-        *(int(s) for s in input_shape), int(rois_shape[0]), pooled_h, pooled_w,
+        *input_shape, rois_shape[0], pooled_h, pooled_w,
         _positive_float(spatial_scale, "spatial_scale"),
         _positive_int(sampling_ratio, "sampling_ratio", minimum=0),
         _finite_float(gamma, "gamma"),
@@ -292,7 +297,7 @@ def deform_psroi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, ou
     pooled_size = _positive_int(pooled_size, "pooled_size")
     part_size = pooled_size if part_size is None else _positive_int(part_size, "part_size")
     sample_per_part = _positive_int(sample_per_part, "sample_per_part")
-    channels = int(input_shape[1])
+    channels = input_shape[1]
     if channels != output_dim * group_size * group_size:
         raise ValueError(
             f"input.shape[1] is not valid: expected output_dim*group_size**2="
@@ -300,7 +305,7 @@ def deform_psroi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, ou
     num_classes = 1
     if offset_shape is not None:
         _require_ndim(offset_shape, 4, "offset")
-        offset_channels = int(offset_shape[1])
+        offset_channels = offset_shape[1]
         if offset_channels < 2 or offset_channels % 2:
             raise ValueError(f"offset.shape[1] is not valid: expected a positive even number "
                              f"2*num_classes, got {offset_channels}")
@@ -309,7 +314,7 @@ def deform_psroi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, ou
             raise ValueError(f"offset.shape[1] is not valid: num_classes={num_classes} must "
                              f"divide output_dim={output_dim}, got {offset_channels} channels")
     geometry = PSRoIPoolGeometry(
-        *(int(s) for s in input_shape), int(rois_shape[0]), output_dim, group_size,
+        *input_shape, rois_shape[0], output_dim, group_size,
         pooled_size, part_size, sample_per_part,
         _positive_float(spatial_scale, "spatial_scale"), _finite_float(trans_std, "trans_std"),
         num_classes,

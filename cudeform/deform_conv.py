@@ -103,9 +103,13 @@ def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weig
         On the GPU the input gradient is accumulated with atomicAdd, so its last
         bits can vary between runs; the NumPy path is deterministic for a given
         ``CUDEFORM_NUM_THREADS``. The offset gradient is the derivative of the
-        piecewise-bilinear sample; at integer sampling positions it takes the
-        one-sided derivative from above. This is a first-order backward: it has no
-        gradient of its own (no double backward).
+        piecewise-bilinear sample, which is 0 unless ``-1 < py < H`` and
+        ``-1 < px < W``. At an integer sampling position inside that range it is the
+        one-sided derivative from above. A sample exactly on the ``-1`` border
+        (``py = -1`` or ``px = -1``, where zero offsets with ``padding >= 1`` put the
+        border taps) is outside the open range, so its coordinate gradient is 0, as in
+        mmcv; torchvision takes the derivative from above there. This is a first-order
+        backward: it has no gradient of its own (no double backward).
     """
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask,
                   grad_output=grad_output)

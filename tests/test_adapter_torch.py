@@ -1,6 +1,8 @@
-"""The PyTorch adapter on the CPU: the custom ops against the core, ``opcheck``,
-``gradcheck``, ``torch.compile``, the first-order-only backward, errors, zero-copy
-DLPack and autocast. The CUDA tests are in ``test_adapter_torch_gpu.py``.
+"""The PyTorch adapter on the CPU: the custom ops against the core, ``opcheck`` on
+contiguous, non-contiguous and channels_last inputs, ``gradcheck``, ``torch.compile``,
+the first-order-only backward, errors in torch terms and zero-copy DLPack. Symbolic
+shapes are in ``test_adapter_torch_shapes.py``, 16-bit tensors and autocast in
+``test_adapter_torch_dtypes.py``, the CUDA tests in ``test_adapter_torch_gpu.py``.
 
 Skipped when PyTorch cannot be imported (install the ``torch`` extra).
 """
@@ -14,6 +16,7 @@ torch = pytest.importorskip("torch")
 
 import cudeform  # noqa: E402
 from cudeform.adapters import torch as adapter  # noqa: E402
+from cudeform.adapters.torch._to_core import to_array, to_tensor  # noqa: E402
 from tests.helpers import CONV_CASES, conv_case  # noqa: E402
 from tests.psroi_cases import psroi_case, smooth_case  # noqa: E402
 from tests.roi_pool_cases import off_kink_case, roi_pool_case  # noqa: E402
@@ -80,6 +83,31 @@ def detached(args):
     return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
 
 
+LAYOUTS = ("contiguous", "non-contiguous", "channels_last")
+
+
+def in_layout(tensor, layout):
+    """``tensor``'s values in ``layout`` (a leaf again if it required grad): 4-D tensors
+    channels_last, or any tensor with its last two axes' strides swapped (a 1-D one
+    every other element of a buffer)."""
+    if not isinstance(tensor, torch.Tensor) or layout == "contiguous":
+        return tensor
+    value = tensor.detach()
+    if layout == "channels_last":
+        if value.dim() == 4:
+            value = value.contiguous(memory_format=torch.channels_last)
+    elif value.dim() >= 2:
+        value = value.transpose(-1, -2).contiguous().transpose(-1, -2)
+    else:
+        value = torch.stack([value, torch.zeros_like(value)], dim=-1)[..., 0]
+    assert torch.equal(value, tensor.detach())
+    return value.requires_grad_(tensor.requires_grad)
+
+
+def args_in_layout(args, layout):
+    return tuple(in_layout(a, layout) for a in args)
+
+
 # --- the ops against the core ---------------------------------------------------------
 
 
@@ -119,12 +147,19 @@ def test_pools_equal_core():
 # --- opcheck, gradcheck, torch.compile ------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64], ids=["float32", "float64"])
-def test_opcheck(dtype):
+@pytest.mark.parametrize("dtype, layout", [
+    (numpy.float32, "contiguous"), (numpy.float64, "non-contiguous"),
+    (numpy.float32, "channels_last"),
+], ids=["float32-contiguous", "float64-non-contiguous", "float32-channels_last"])
+def test_opcheck(dtype, layout):
+    """Schema, autograd registration, fake against real kernel (shapes, dtypes and
+    strides) and AOT dispatch with dynamic shapes, for every forward and backward op."""
     for forward, backward, args in op_cases(numpy.random.default_rng(32), dtype):
+        args = args_in_layout(args, layout)
         torch.library.opcheck(forward, args)
-        grad_output = torch.randn(forward(*args).shape, dtype=args[0].dtype,
-                                  generator=torch.Generator().manual_seed(0))
+        grad_output = in_layout(torch.randn(forward(*args).shape, dtype=args[0].dtype,
+                                            generator=torch.Generator().manual_seed(0)),
+                                layout)
         # Inputs without grad: differentiating the backward op raises by design.
         torch.library.opcheck(backward, (grad_output,) + detached(args))
 
@@ -175,6 +210,31 @@ def test_deform_psroi_pool_gradcheck(options):
     gradcheck(lambda x: adapter.deform_psroi_pool(x, t["rois"], **kwargs), (t["input"],))
 
 
+def test_offset_gradient_border_rule():
+    """Zero offsets with padding 1 put the top taps exactly on ``py = -1``: their dy
+    gradient is 0 (mmcv's rule), where the derivative from above (torchvision's choice
+    there) is not. At an integer position inside the map the gradient is the
+    derivative from above. Checked against forward differences of the op itself."""
+    x = torch.arange(1.0, 10.0, dtype=torch.float64).reshape(1, 1, 3, 3)
+    weight = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+    offset = torch.zeros(1, 18, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = adapter.deform_conv2d(x, offset, weight, padding=1)
+    grad, = torch.autograd.grad(y[0, 0, 0, 1], offset)  # output (0, 1): top taps at py = -1
+
+    def from_above(channel, step=1e-7):
+        moved = offset.detach().clone()
+        moved[0, channel, 0, 1] += step
+        return ((adapter.deform_conv2d(x, moved, weight, padding=1) - y.detach())[0, 0, 0, 1]
+                / step).item()
+
+    for tap in (0, 1, 2):  # the top row of the kernel: dy channel 2*tap
+        assert grad[0, 2 * tap, 0, 1] == 0
+        assert from_above(2 * tap) == pytest.approx(x[0, 0, 0, tap].item(), rel=1e-6)
+    centre = 4  # tap (1, 1) samples (0, 1), an integer position inside the map
+    assert grad[0, 2 * centre, 0, 1].item() == pytest.approx(from_above(2 * centre), rel=1e-6)
+    assert grad[0, 2 * centre, 0, 1] == x[0, 0, 1, 1] - x[0, 0, 0, 1]
+
+
 def test_rois_get_no_gradient():
     arrays, options = roi_pool_case(numpy.random.default_rng(36))
     t = tensors(arrays, ("input", "rois", "offset"))
@@ -214,16 +274,27 @@ def test_double_backward_raises_a_clear_error():
             gx.sum().backward()
 
 
-def test_errors_carry_the_core_messages():
+def test_errors_speak_of_tensors():
+    """Dtype and device errors name tensors and torch dtypes; shape errors keep the
+    core's wording; a non-tensor argument is a one-line TypeError."""
     case = conv_case(numpy.random.default_rng(39))
     t, options = conv_tensors(case)
     with pytest.raises(ValueError, match=r"offset.shape is not valid: expected \(2, 18, 7, 6\)"):
         adapter.deform_conv2d(**{**t, "offset": t["offset"][:, :, :, :5]}, **options)
-    with pytest.raises(TypeError, match="offset has dtype float32 but input has dtype float64"):
+    with pytest.raises(TypeError, match=r"^offset has dtype torch.float32 but input has dtype "
+                                        r"torch.float64; pass tensors of one dtype$"):
         adapter.deform_conv2d(**{**t, "offset": t["offset"].float()}, **options)
-    half = {k: None if v is None else v.half() for k, v in t.items()}
-    with pytest.raises(TypeError, match=r"NumPy \(CPU\) arrays do not support"):
-        adapter.deform_conv2d(**half, **options)
+    integers = {k: None if v is None else v.long() for k, v in t.items()}
+    with pytest.raises(TypeError, match=r"^input has dtype torch.int64, which cudeform does "
+                                        r"not support; expected one of torch.float16, "):
+        adapter.deform_conv2d(**integers, **options)
+    for name, value in (("offset", case["offset"]), ("weight", case["weight"].tolist()),
+                        ("mask", 1.0)):
+        with pytest.raises(TypeError) as error:
+            adapter.deform_conv2d(**{**t, name: value}, **options)
+        kind = type(value).__module__ + "." + type(value).__name__ \
+            if isinstance(value, numpy.ndarray) else type(value).__name__
+        assert str(error.value) == f"{name} must be a torch.Tensor, got {kind}"
     with pytest.raises(ValueError, match="stride is not valid"):
         adapter.deform_conv2d(**t, **{**options, "stride": 0})
     arrays, roi_options = roi_pool_case(numpy.random.default_rng(39))
@@ -231,9 +302,29 @@ def test_errors_carry_the_core_messages():
         adapter.deform_roi_pool(**tensors(arrays), **{**roi_options, "output_size": (0, 2)})
     with pytest.raises(ValueError, match="spatial_scale is not valid"):
         adapter.deform_roi_pool(**tensors(arrays), **{**roi_options, "spatial_scale": -1})
+    with pytest.raises(TypeError, match="^rois must be a torch.Tensor, got numpy.ndarray$"):
+        adapter.deform_roi_pool(**{**tensors(arrays), "rois": arrays["rois"]}, **roi_options)
     arrays, ps_options = psroi_case(numpy.random.default_rng(39))
     with pytest.raises(ValueError, match=r"input.shape\[1\] is not valid"):
         adapter.deform_psroi_pool(**tensors(arrays), **{**ps_options, "output_dim": 3})
+    with pytest.raises(TypeError, match="^input must be a torch.Tensor, got list$"):
+        adapter.deform_psroi_pool(**{**tensors(arrays), "input": [[1.0]]}, **ps_options)
+
+
+def test_no_error_mentions_arrays():
+    """Every dtype or device error raised through the adapter, from the real kernels
+    and the fakes alike, is worded for tensors."""
+    case = conv_case(numpy.random.default_rng(42))
+    t, options = conv_tensors(case)
+    meta = {k: None if v is None else v.to("meta") for k, v in t.items()}
+    for arguments, other in ((t, meta), (meta, t)):
+        wrong = (dict(offset=arguments["offset"].float()), dict(input=arguments["input"].int()),
+                 dict(mask=other["mask"]))
+        for change in wrong:
+            with pytest.raises(TypeError) as error:
+                adapter.deform_conv2d(**{**arguments, **change}, **options)
+            message = str(error.value)
+            assert "tensor" in message and "array" not in message.lower(), message
 
 
 def test_fake_kernels_validate_shapes():
@@ -242,12 +333,11 @@ def test_fake_kernels_validate_shapes():
     t, options = conv_tensors(case)
     meta = {k: None if v is None else v.to("meta") for k, v in t.items()}
     assert adapter.deform_conv2d(**meta, **options).shape == (2, 6, 7, 6)
-    grads = ops.deform_conv2d_backward(torch.empty(2, 6, 7, 6, device="meta"),
-                                       *conv_args(meta, options))
+    grad_output = torch.empty(2, 6, 7, 6, dtype=torch.float64, device="meta")
+    grads = ops.deform_conv2d_backward(grad_output, *conv_args(meta, options))
     assert [g.shape for g in grads] == [v.shape for v in meta.values()]
     with pytest.raises(ValueError, match=r"grad_output.shape is not valid"):
-        ops.deform_conv2d_backward(torch.empty(2, 6, 7, 5, device="meta"),
-                                   *conv_args(meta, options))
+        ops.deform_conv2d_backward(grad_output[..., :5], *conv_args(meta, options))
     with pytest.raises(ValueError, match=r"mask.shape is not valid"):
         adapter.deform_conv2d(**{**meta, "mask": meta["mask"][:, :4]}, **options)
     arrays, ps_options = psroi_case(numpy.random.default_rng(40), num_classes=2, output_dim=4)
@@ -257,47 +347,21 @@ def test_fake_kernels_validate_shapes():
         adapter.deform_psroi_pool(**{**meta, "offset": meta["offset"][:, :3]}, **ps_options)
 
 
-# --- DLPack and autocast --------------------------------------------------------------
+# --- DLPack ---------------------------------------------------------------------------
 
 
 def test_cpu_dlpack_is_zero_copy():
     x = torch.arange(12.0).reshape(3, 4)[:, 1:]  # a strided view shares memory too
-    array = adapter._to_array(x)
+    array = to_array(x, x.dtype)
     assert array.ctypes.data == x.data_ptr() and array.strides == (16, 4)
-    back = adapter._to_tensor(array, bfloat16=False)
+    back = to_tensor(numpy.ascontiguousarray(array[:, :1]), x.dtype)
+    assert back.is_contiguous()
+    contiguous = numpy.ones((2, 3), numpy.float32)
+    back = to_tensor(contiguous, torch.float32)
     back[0, 0] = -1.0
-    assert x[0, 0] == -1.0
-    y = adapter._to_array(x.requires_grad_(True))  # tensors that require grad as well
+    assert contiguous[0, 0] == -1.0  # the core's output becomes the tensor, no copy
+    y = to_array(x.requires_grad_(True), x.dtype)  # tensors that require grad as well
     assert numpy.shares_memory(y, array)
-
-
-def test_cpu_autocast_runs_in_float32():
-    rng = numpy.random.default_rng(41)
-    case = conv_case(rng, dtype=numpy.float32)
-    t, options = conv_tensors(case, ("input", "offset", "weight"))
-    mixed = {**t, "weight": t["weight"].detach().bfloat16().requires_grad_(True),
-             "input": t["input"].detach().double().requires_grad_(True)}
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = adapter.deform_conv2d(**mixed, **options)
-    assert y.dtype == torch.float32
-    expected = {**case, "weight": mixed["weight"].detach().float().numpy()}
-    numpy.testing.assert_array_equal(y.detach().numpy(), cudeform.deform_conv2d(**expected))
-    y.sum().backward()
-    for name in ("input", "offset", "weight"):
-        assert mixed[name].grad.dtype == mixed[name].dtype
-    arrays, roi_options = roi_pool_case(rng)
-    t = tensors(arrays)
-
-    def pool(x, rois, offset):
-        with torch.autocast("cpu", dtype=torch.float16):
-            return adapter.deform_roi_pool(x, rois, offset, **roi_options)
-
-    y = pool(t["input"].half(), t["rois"], t["offset"])
-    assert y.dtype == torch.float32
-    torch._dynamo.reset()
-    compiled = torch.compile(pool, backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(t["input"].half(), t["rois"], t["offset"]), y,
-                               rtol=0, atol=0)
 
 
 def test_compile_with_inductor_matches_eager():

@@ -6,8 +6,10 @@ so the adapter hands bfloat16 tensors over as int16 views inside
 build of the kernels standing in for the ``__nv_bfloat16`` instantiation (load,
 compute in float32, round each stored value: what the CUDA kernels do). The second
 part needs a CUDA device, CuPy and a CUDA build of PyTorch: torchvision's
-``deform_conv2d``, ``opcheck`` on CUDA, float16/bfloat16 against float64, autocast
-and torch's current stream.
+``deform_conv2d``, ``opcheck`` on CUDA (channels_last included), float16/bfloat16
+against float64, autocast in float16 and bfloat16, torch's current stream, an
+inductor-compiled channels_last model, and export (torch.export, ONNX) from a CUDA
+model.
 """
 
 from __future__ import annotations
@@ -225,3 +227,104 @@ def test_runs_on_torchs_current_stream():
         y = adapter.deform_conv2d(**{**t, "input": doubled}, **options)
     torch.cuda.synchronize()
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@cuda
+def test_opcheck_and_fakes_on_cuda_channels_last():
+    """opcheck (fake against real strides included) on channels_last CUDA tensors, and
+    C-contiguous outputs and gradients from every op."""
+    from tests.test_adapter_torch import args_in_layout
+
+    for forward, backward, args in op_cases(numpy.random.default_rng(58), numpy.float32):
+        args = args_in_layout(tuple(a.detach().cuda().requires_grad_(a.requires_grad)
+                                    if isinstance(a, torch.Tensor) else a for a in args),
+                              "channels_last")
+        torch.library.opcheck(forward, args)
+        output = forward(*args)
+        grad_output = torch.ones_like(output).contiguous(memory_format=torch.channels_last)
+        plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(backward, (grad_output,) + plain)
+        grads = backward(grad_output, *plain)
+        assert output.is_contiguous() and all(g is None or g.is_contiguous() for g in grads)
+
+
+@pytest.mark.gpu
+@cuda
+def test_inductor_trains_a_channels_last_cuda_model():
+    from tests.test_adapter_torch_shapes import ThreeOps, randomised, train
+
+    torch.manual_seed(59)
+    eager = randomised(ThreeOps()).train()
+    compiled_model = ThreeOps()
+    compiled_model.load_state_dict(eager.state_dict())
+    eager, compiled_model = (m.cuda().to(memory_format=torch.channels_last)
+                             for m in (eager, compiled_model))
+    x = torch.randn(2, 3, 8, 8, device="cuda").contiguous(memory_format=torch.channels_last)
+    rois = torch.tensor([[0, 1, 1, 12, 10], [1, 2, 0, 9, 14], [1, 0, 3, 15, 15.]],
+                        device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    expected = train(eager, x, rois, steps=2)
+    got = train(compiled, x, rois, steps=2)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled_model.parameters(), eager.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@cuda
+def test_export_from_a_cuda_model():
+    """torch.export with a dynamic batch, and a plain ONNX export whose graph
+    onnxruntime (CPU) runs at batch 1, 3 and 8, from a model on CUDA."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from torch.export import Dim
+
+    torch.manual_seed(60)
+    model = adapter.ModulatedDeformConv2dPack(4, 6, 3, stride=2, padding=1, deform_groups=2)
+    with torch.no_grad():
+        model.conv_offset.weight.normal_(0, 0.3)
+    model = model.cuda().eval()
+    dynamic = {"x": {0: Dim("batch"), 2: Dim("height", min=5), 3: Dim("width", min=5)}}
+    x = torch.randn(2, 4, 9, 8, device="cuda")
+    program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+    proto = torch.onnx.export(model, (x,), dynamo=True, opset_version=19, verbose=False,
+                              dynamic_shapes=dynamic).model_proto
+    assert [n.op_type for n in proto.graph.node].count("DeformConv") == 1
+    session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    for shape in ((1, 4, 9, 8), (3, 4, 12, 7), (8, 4, 7, 10)):
+        x = torch.randn(shape, device="cuda")
+        with torch.no_grad():
+            expected = model(x)
+            torch.testing.assert_close(program.module()(x), expected)
+        got = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0]
+        numpy.testing.assert_allclose(got, expected.cpu().numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_autocast_keeps_the_layers_in_the_autocast_dtype(dtype):
+    """A float32 model under CUDA autocast: every op's output in the autocast dtype,
+    near the float32 result; the float32 parameters get float32 gradients."""
+    from tests.test_adapter_torch_shapes import ThreeOps, randomised
+
+    torch.manual_seed(61)
+    model = randomised(ThreeOps()).cuda()
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    rois = torch.tensor([[0, 1, 1, 12, 10], [1, 2, 0, 9, 14.]], device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        y = model.conv(x)
+        pooled = model.roi_pool(y, rois)
+    assert y.dtype == dtype and pooled.dtype == dtype
+    with torch.no_grad():
+        y32 = model.conv(x)
+    unit = UNIT_ROUNDOFF[str(dtype).split(".")[1]]
+    torch.testing.assert_close(y.float(), y32, rtol=0, atol=64 * unit * y32.abs().max().item())
+    with torch.autocast("cuda", dtype=dtype):
+        loss = model(x, rois)
+    loss.float().backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+    assert model.conv.conv_offset.weight.grad.abs().max() > 0

@@ -1,5 +1,6 @@
-"""The PyTorch layers: shapes, torchvision compatibility (constructor, initialisation,
-state dict), every ``...Pack`` starting offset-free, and training.
+"""The PyTorch layers: shapes, constructors that validate their arguments, torchvision
+compatibility (constructor, initialisation, state dict), every ``...Pack`` starting
+offset-free, and training. mmcv compatibility is in ``test_adapter_torch_mmcv.py``.
 
 Skipped when PyTorch cannot be imported (install the ``torch`` extra).
 """
@@ -123,11 +124,15 @@ def test_conv_packs_start_offset_free(seeded):
     x = features(2, 4, 9, 8)
     options = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
     pack = layers.DeformConv2dPack(4, 6, (3, 2), groups=2, deform_groups=2, **options)
-    plain = nn.Conv2d(4, 6, (3, 2), groups=2, **options)
-    plain.load_state_dict({"weight": pack.weight, "bias": pack.bias})
+    assert pack.bias is None  # mmcv's default
+    plain = nn.Conv2d(4, 6, (3, 2), groups=2, bias=False, **options)
+    plain.load_state_dict({"weight": pack.weight})
     with torch.no_grad():
         assert_close(pack(x).numpy(), plain(x).numpy(), numpy.float32)
     modulated = layers.ModulatedDeformConv2dPack(4, 6, (3, 2), **options)
+    assert torch.equal(modulated.bias, torch.zeros(6))  # mmcv's initialisation
+    with torch.no_grad():
+        modulated.bias.normal_()
     plain = nn.Conv2d(4, 6, (3, 2), **options)
     plain.load_state_dict({"weight": modulated.weight, "bias": modulated.bias})
     with torch.no_grad():  # mask sigmoid(0) = 0.5 scales the samples, not the bias
@@ -177,3 +182,39 @@ def test_conv_pack_trains(seeded, layer_type):
         losses.append(loss.item())
     assert losses[-1] < 0.9 * losses[0]
     assert model[0].conv_offset.weight.abs().max() > 0  # the offsets are learned too
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: layers.DeformPSRoIPoolPack(4, output_dim=2, group_size=2, pooled_size=3,
+                                        num_classes=3),
+     r"^num_classes is not valid: expected a divisor of output_dim=2, got 3$"),
+    (lambda: layers.DeformPSRoIPoolPack(4, output_dim=2, group_size=2, pooled_size=0),
+     r"^pooled_size is not valid: expected an int >= 1, got 0$"),
+    (lambda: layers.DeformPSRoIPoolPack(4, output_dim=2, group_size=2, pooled_size=3,
+                                        trans_std=float("nan")),
+     r"^trans_std is not valid: expected a finite number, got nan$"),
+    (lambda: layers.DeformPSRoIPool(output_dim=2, group_size=2, pooled_size=3,
+                                    sample_per_part=0),
+     r"^sample_per_part is not valid: expected an int >= 1, got 0$"),
+    (lambda: layers.DeformRoIPoolPack(2, output_channels=0),
+     r"^output_channels is not valid: expected an int >= 1, got 0$"),
+    (lambda: layers.ModulatedDeformRoIPoolPack(2, 4, spatial_scale=0),
+     r"^spatial_scale is not valid: expected a positive number, got 0$"),
+    (lambda: layers.DeformRoIPool(2, sampling_ratio=-1),
+     r"^sampling_ratio is not valid: expected an int >= 0, got -1$"),
+    (lambda: layers.DeformConv2dPack(4, 6, 3, deform_groups=3),
+     r"^deform_groups is not valid: expected a divisor of in_channels=4, got 3$"),
+    (lambda: layers.ModulatedDeformConv2dPack(4, 6, (3, 0)),
+     r"^kernel_size is not valid: expected values >= 1, got \(3, 0\)$"),
+    (lambda: layers.DeformConv2d(4, 6, 3, groups=4),
+     r"^groups is not valid: expected a divisor of in_channels=4 and out_channels=6, got 4$"),
+    (lambda: layers.DeformConv2d(0, 6, 3), r"^in_channels is not valid"),
+], ids=["psroi-pack-num-classes", "psroi-pack-pooled-size", "psroi-pack-trans-std",
+        "psroi-sample-per-part", "roi-pack-channels", "modulated-roi-pack-scale",
+        "roi-sampling-ratio", "pack-deform-groups", "modulated-pack-kernel", "groups",
+        "in-channels"])
+def test_constructors_validate_their_arguments(build, message):
+    """A bad argument fails in ``__init__``, by its own name, not later in ``forward``
+    with a message about a tensor the user never passed."""
+    with pytest.raises(ValueError, match=message):
+        build()

@@ -34,6 +34,8 @@ def test_wheel_contains_kernels_and_adapters(wheel):
     assert "cudeform/py.typed" in names  # PEP 561: type checkers read the annotations
     assert any(name.endswith(".dist-info/licenses/LICENSE") or name.endswith("/LICENSE")
                for name in names)
+    assert {"cudeform/adapters/torch/__init__.py", "cudeform/adapters/torch/mmcv.py",
+            "cudeform/adapters/torch_layers.py", "cudeform/adapters/torch_onnx.py"} <= names
     assert "cudeform/_gpu/launch.py" in names and "cudeform/_cpu/deform_conv.py" in names
     assert not any(name.startswith(("tests/", "kernels/", "adapters/")) for name in names)
 

@@ -25,8 +25,9 @@ class SmallCNN(nn.Module):
         self.deformable = deformable
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, WIDTH, 3, stride=FEATURE_STRIDE, padding=1)
-        self.conv3 = late_conv(WIDTH, WIDTH, 3, padding=1)
-        self.conv4 = late_conv(WIDTH, WIDTH, 3, padding=1)
+        # bias=True: DeformConv2dPack has none by default (mmcv's), nn.Conv2d has one
+        self.conv3 = late_conv(WIDTH, WIDTH, 3, padding=1, bias=True)
+        self.conv4 = late_conv(WIDTH, WIDTH, 3, padding=1, bias=True)
         self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in (16, WIDTH, WIDTH, WIDTH))
         self.classifier = nn.Linear(WIDTH, classes)
 

@@ -1,0 +1,114 @@
+"""Tensors to the core's arrays and back: the one place where the adapter calls the core.
+
+CPU tensors become NumPy arrays (``numpy.from_dlpack``) and the core's NumPy outputs
+come back through ``torch.from_numpy``; CUDA tensors become CuPy arrays on the
+tensor's GPU, and the kernels run on torch's current CUDA stream, so no
+synchronisation is needed. float32 and float64 travel without copies.
+
+Two dtypes need a detour:
+
+- float16 and bfloat16 CPU tensors are cast to float32, computed on the NumPy path
+  (which has no 16-bit types) and cast back, so every result has the input's dtype.
+- CuPy has no bfloat16, so bfloat16 CUDA tensors travel as int16 views and the core
+  is told their element type (:func:`cudeform._arrays.bfloat16_views`).
+
+Every result is returned C-contiguous, whatever the memory format of the inputs:
+this is the rule the fake kernels state too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Mapping, Optional, Union
+
+import numpy
+import torch
+from torch import Tensor
+
+from cudeform import _arrays
+from cudeform.adapters.torch._checks import check_tensors
+
+__all__ = ["run_core"]
+
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+
+
+def _cuda_stream(device_index: int):
+    """torch's current stream on ``device_index`` as a CuPy stream (a context manager)."""
+    import cupy
+
+    stream = torch.cuda.current_stream(device_index)
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)  # CuPy >= 14
+    if from_external is not None and hasattr(stream, "__cuda_stream__"):
+        return from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, device_index)
+
+
+def to_array(tensor: Optional[Tensor], dtype: torch.dtype):
+    """A NumPy (CPU) or CuPy (CUDA) view of ``tensor`` in ``dtype`` (a copy only when
+    the dtype changes); bfloat16 CUDA tensors as int16 views."""
+    if tensor is None:
+        return None
+    tensor = tensor.detach().to(dtype)
+    if tensor.device.type == "cpu":
+        return numpy.from_dlpack(tensor)
+    import cupy
+
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return cupy.from_dlpack(tensor)
+
+
+def to_tensor(array, dtype: torch.dtype) -> Optional[Tensor]:
+    """The C-contiguous tensor of ``array`` (a core output) in ``dtype``."""
+    if array is None:
+        return None
+    if isinstance(array, numpy.ndarray):
+        tensor = torch.from_numpy(array)
+    else:
+        tensor = torch.from_dlpack(array)
+        if dtype == torch.bfloat16 and tensor.dtype == torch.int16:
+            tensor = tensor.view(torch.bfloat16)
+    return tensor.to(dtype).contiguous()
+
+
+def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if device.type == "cpu" and dtype in _SIXTEEN_BIT else dtype
+
+
+@contextlib.contextmanager
+def _on_device(device: torch.device, dtype: torch.dtype):
+    """The GPU, stream and bfloat16 context of a call on ``device``; nothing on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    import cupy
+
+    with cupy.cuda.Device(device.index), _cuda_stream(device.index), \
+            (_arrays.bfloat16_views() if dtype == torch.bfloat16 else contextlib.nullcontext()):
+        yield
+
+
+def run_core(function: Callable, tensors: Mapping[str, Optional[Tensor]],
+             **options) -> Union[Tensor, tuple]:
+    """``function(**arrays, **options)`` on views of ``tensors``, as tensors.
+
+    Args:
+        function: a public core function, e.g. :func:`cudeform.deform_conv2d`.
+        tensors: its array arguments by name (None for an absent optional one); the
+            first entry sets the device and dtype, the others must match it.
+        options: its other (keyword) arguments.
+
+    Returns:
+        The core's result (an array, or a tuple of arrays and Nones) as C-contiguous
+        tensors of the inputs' dtype on their device.
+    """
+    check_tensors(tensors)
+    reference = next(t for t in tensors.values() if t is not None)
+    dtype = reference.dtype
+    compute = _compute_dtype(reference.device, dtype)
+    with _on_device(reference.device, compute):
+        result = function(**{k: to_array(t, compute) for k, t in tensors.items()}, **options)
+        if isinstance(result, tuple):
+            return tuple(to_tensor(a, dtype) for a in result)
+        return to_tensor(result, dtype)
