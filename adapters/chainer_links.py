@@ -147,8 +147,8 @@ class DeformRoIPoolPack(chainer.Chain):
         self.options = arguments.roi_pool_layer(output_size, spatial_scale, sampling_ratio,
                                                 gamma)
         self.output_size = self.options["output_size"]
-        in_channels = arguments.positive(in_channels, "in_channels")
-        deform_fc_channels = arguments.positive(deform_fc_channels, "deform_fc_channels")
+        in_channels = arguments.positive_int(in_channels, "in_channels")
+        deform_fc_channels = arguments.positive_int(deform_fc_channels, "deform_fc_channels")
         ph, pw = self.output_size
         with self.init_scope():
             self.offset_fc = chainer.Sequential(
@@ -201,7 +201,7 @@ class DeformPSRoIPoolPack(chainer.Chain):
         self.pooled_size, self.num_classes = options["pooled_size"], num_classes
         self.sample_per_part = options["sample_per_part"]
         self.spatial_scale, self.trans_std = options["spatial_scale"], options["trans_std"]
-        in_channels = arguments.positive(in_channels, "in_channels")
+        in_channels = arguments.positive_int(in_channels, "in_channels")
         with self.init_scope():
             self.conv_offset = L.Convolution2D(
                 in_channels, 2 * num_classes * self.pooled_size**2, 1, initialW=0,

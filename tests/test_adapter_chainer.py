@@ -249,20 +249,20 @@ def test_link_shapes(seeded):
 
 @pytest.mark.parametrize("build, message", [
     (lambda: adapter.DeformConv2d(4, 6, 3, groups=4),
-     r"groups is not valid: expected a positive divisor of in_channels=4 and out_channels=6, "
+     r"groups is not valid: expected a divisor of in_channels=4 and out_channels=6, "
      r"got 4"),
     (lambda: adapter.DeformConv2d(4, 6, 0), r"ksize is not valid: expected values >= 1"),
     (lambda: adapter.DeformConv2d(4, 6, 3, pad=-1), r"pad is not valid: expected values >= 0"),
     (lambda: adapter.DeformConv2d(0, 6, 3), r"in_channels is not valid: expected an int >= 1"),
     (lambda: adapter.DeformConv2dPack(4, 6, 3, deform_groups=3),
-     r"deform_groups is not valid: expected a positive divisor of in_channels=4, got 3"),
+     r"deform_groups is not valid: expected a divisor of in_channels=4, got 3"),
     (lambda: adapter.DeformRoIPoolPack(7, spatial_scale=0, in_channels=4),
      r"spatial_scale is not valid: expected a positive number, got 0"),
     (lambda: adapter.DeformRoIPoolPack(7, in_channels=4, deform_fc_channels=0),
      r"deform_fc_channels is not valid"),
     (lambda: adapter.DeformPSRoIPoolPack(4, output_dim=2, group_size=3, pooled_size=3,
                                          num_classes=3),
-     r"num_classes is not valid: expected a positive divisor of output_dim=2, got 3"),
+     r"num_classes is not valid: expected a divisor of output_dim=2, got 3"),
     (lambda: adapter.DeformPSRoIPoolPack(4, output_dim=2, group_size=3, pooled_size=3,
                                          sample_per_part=0),
      r"sample_per_part is not valid: expected an int >= 1, got 0"),

@@ -17,7 +17,8 @@ import pytest
 import cudeform
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Public modules and the frameworks they need (None: nothing beyond NumPy).
+# Public modules and the frameworks they need (None: nothing beyond NumPy). The torch
+# adapter's annotations are checked in test_adapter_torch_api.py.
 PUBLIC_MODULES = {
     "cudeform": None,
     "cudeform.adapters.chainer": "chainer",

@@ -3,7 +3,8 @@
 The core checks NumPy and CuPy arrays and words its errors for them. These checks
 run first, on the tensors, so that torch users read about tensors, devices and torch
 dtypes. Shape errors are left to :mod:`cudeform._shapes`, whose wording is the
-contract's; the layer constructors reuse its rules for their scalar arguments.
+contract's; the layer constructors' scalar rules are :mod:`cudeform._layer_arguments`,
+shared with the Chainer adapter.
 """
 
 from __future__ import annotations
@@ -13,12 +14,8 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
-from cudeform._shapes import _finite_float, _positive_float, _positive_int, pair
 
-__all__ = [
-    "SUPPORTED_DTYPES", "check_tensors", "divisor", "finite_float", "non_negative_int",
-    "pair", "positive_float", "positive_int", "require_tensors",
-]
+__all__ = ["SUPPORTED_DTYPES", "check_tensors", "require_tensors"]
 
 # float16 and bfloat16 CPU tensors compute in float32 on the NumPy path.
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -67,35 +64,3 @@ def check_tensors(tensors: Mapping[str, Optional[Tensor]]) -> None:
         raise TypeError(f"{first} has dtype {reference.dtype}, which cudeform does not "
                         f"support; expected one of "
                         f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
-
-
-# --- scalar arguments of the layer constructors (the core's rules and wording) ----------
-
-
-def positive_int(value: int, name: str) -> int:
-    """``value`` as an int >= 1, else ValueError naming ``name``."""
-    return _positive_int(value, name)
-
-
-def non_negative_int(value: int, name: str) -> int:
-    """``value`` as an int >= 0, else ValueError naming ``name``."""
-    return _positive_int(value, name, minimum=0)
-
-
-def positive_float(value: float, name: str) -> float:
-    """``value`` as a finite float > 0, else ValueError naming ``name``."""
-    return _positive_float(value, name)
-
-
-def finite_float(value: float, name: str) -> float:
-    """``value`` as a finite float, else ValueError naming ``name``."""
-    return _finite_float(value, name)
-
-
-def divisor(value: int, name: str, **multiples: int) -> int:
-    """``value`` as a positive int dividing every one of ``multiples`` (by name)."""
-    value = positive_int(value, name)
-    if any(m % value for m in multiples.values()):
-        named = " and ".join(f"{k}={m}" for k, m in multiples.items())
-        raise ValueError(f"{name} is not valid: expected a divisor of {named}, got {value}")
-    return value

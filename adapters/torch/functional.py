@@ -9,18 +9,17 @@ positional signatures are in :mod:`cudeform.adapters.torch.mmcv`.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from cudeform._shapes import pair
+from cudeform._typing import IntPair
 from cudeform.adapters.torch import _onnx
-from cudeform.adapters.torch._checks import pair, require_tensors
+from cudeform.adapters.torch._checks import require_tensors
 
 __all__ = ["IntPair", "deform_conv2d", "deform_psroi_pool", "deform_roi_pool"]
-
-IntPair = Union[int, Tuple[int, int]]
-"""An int, or a pair ``(h, w)`` of ints."""
 
 
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor,

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from cudeform.adapters.torch import functional
-from cudeform.adapters.torch._checks import divisor, pair, positive_int
+from cudeform._layer_arguments import divisor, positive_int
+from cudeform._shapes import pair
 from cudeform.adapters.torch.functional import IntPair
 
 __all__ = ["DeformConv2d", "DeformConvLayer"]

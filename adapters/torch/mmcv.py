@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from cudeform.adapters.torch import functional
-from cudeform.adapters.torch._checks import positive_int, require_tensors
+from cudeform._layer_arguments import positive_int
+from cudeform.adapters.torch._checks import require_tensors
 from cudeform.adapters.torch.functional import IntPair
 from cudeform.adapters.torch.layers import DeformConvLayer
 from cudeform.adapters.torch.pool_layers import (

@@ -13,9 +13,10 @@ from typing import Optional
 from torch import Tensor, nn
 
 from cudeform.adapters.torch import functional
-from cudeform.adapters.torch._checks import (
-    divisor, finite_float, non_negative_int, pair, positive_float, positive_int,
+from cudeform._layer_arguments import (
+    divisor, finite_float, non_negative_int, positive_float, positive_int,
 )
+from cudeform._shapes import pair
 from cudeform.adapters.torch.functional import IntPair
 
 __all__ = ["DeformPSRoIPool", "DeformPSRoIPoolPack", "DeformRoIPool", "DeformRoIPoolPack",
