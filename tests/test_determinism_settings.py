@@ -8,6 +8,7 @@ there is tested in test_determinism_host.py (host runs) and the GPU test files.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import numpy
 import pytest
 
 import cudeform
-from cudeform import _modes
+from cudeform import _arrays, _modes
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +114,23 @@ def test_override_does_not_leak_into_other_threads():
         seen["this"] = cudeform.is_deterministic()
     thread.join()
     assert seen == {"this": True, "other": False}
+
+
+class _ArrayOnNoDevice:
+    """Stands in for a CuPy array: ``on_gpu`` only enters its ``device``."""
+
+    device = contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("deterministic, tf32", [(False, False), (True, True), (True, False)])
+def test_on_gpu_hands_the_modes_to_the_host_logic(deterministic, tf32):
+    cupy = pytest.importorskip("cupy")
+    from cudeform._gpu.gemm import cublas_gemm
+
+    cudeform.set_deterministic(not deterministic)
+    with _modes.override(deterministic=deterministic, allow_tf32=tf32):
+        with _arrays.on_gpu(_ArrayOnNoDevice(), numpy.dtype(numpy.float32)) as engine:
+            pass
+    assert set(engine) == {"dtype_name", "xp", "launch", "gemm", "deterministic"}
+    assert engine["xp"] is cupy and engine["deterministic"] is deterministic
+    assert engine["gemm"].func is cublas_gemm and engine["gemm"].keywords == {"allow_tf32": tf32}
