@@ -14,7 +14,7 @@ import numpy
 import pytest
 
 from cudeform._gpu import gemm as gemm_module
-from cudeform._gpu.gemm import compute_type, matmul, numpy_gemm
+from cudeform._gpu.gemm import compute_type, describe_gemm, numpy_gemm
 from cudeform._gpu.storage import narrow, values
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
@@ -40,14 +40,15 @@ def test_column_major_arguments_of_a_known_product():
     # cuBLAS's A is our B (5 x 4, ld 5), its B our A (4 x 3, ld 4), C^T is 5 x 3 (ld 5).
     a, b = numpy.zeros((2, 3, 4), numpy.float32), numpy.zeros((2, 4, 5), numpy.float32)
     c = numpy.zeros((2, 3, 5), numpy.float32)
-    g = matmul(a, b, c, dtype_name="float32")
+    g = describe_gemm(a, b, c, dtype_name="float32")
     assert (g.transa, g.transb, g.m, g.n, g.k, g.batch) == (False, False, 5, 3, 4, 2)
     assert (g.a.array is b, g.a.ld, g.a.stride) == (True, 5, 20)
     assert (g.b.array is a, g.b.ld, g.b.stride) == (True, 4, 12)
     assert (g.c.array is c, g.c.ld, g.c.stride) == (True, 5, 15)
     # Transposed operands swap cuBLAS's flags; a shared B has batch stride 0.
     at, bt = numpy.zeros((2, 4, 3), numpy.float32), numpy.zeros((1, 5, 4), numpy.float32)
-    g = matmul(at, bt, c, dtype_name="float32", transpose_a=True, transpose_b=True, beta=1)
+    g = describe_gemm(at, bt, c, dtype_name="float32", transpose_a=True, transpose_b=True,
+                      beta=1)
     assert (g.transa, g.transb, g.m, g.n, g.k) == (True, True, 5, 3, 4)
     assert (g.a.ld, g.a.stride, g.b.ld, g.b.stride, g.beta) == (4, 0, 3, 12, 1.0)
 
@@ -64,8 +65,8 @@ def test_twin_equals_numpy(transpose_a, transpose_b, beta, dtype):
         a, b = a.astype(dtype), b.astype(dtype)
         c = rng.standard_normal((batch, m, n)).astype(dtype)
         expected = reference(a, b, c, transpose_a, transpose_b, beta)
-        numpy_gemm(matmul(a, b, c, dtype_name=numpy.dtype(dtype).name, beta=beta,
-                          transpose_a=transpose_a, transpose_b=transpose_b))
+        numpy_gemm(describe_gemm(a, b, c, dtype_name=numpy.dtype(dtype).name, beta=beta,
+                                 transpose_a=transpose_a, transpose_b=transpose_b))
         rtol = 1e-5 if dtype == numpy.float32 else 1e-13
         numpy.testing.assert_allclose(c, expected, rtol=rtol, atol=rtol * k)
 
@@ -89,7 +90,7 @@ def test_twin_multiplies_16_bit_types_in_float32(dtype_name, storage, c_type):
     a, b = sixteen_bit(a64, dtype_name, storage), sixteen_bit(b64, dtype_name, storage)
     c = (sixteen_bit(numpy.ones((2, 6, 5)), dtype_name, storage) if c_type == "storage"
          else numpy.ones((2, 6, 5), numpy.float32))
-    g = matmul(a, b, c, dtype_name=dtype_name, transpose_a=True, beta=1.0)
+    g = describe_gemm(a, b, c, dtype_name=dtype_name, transpose_a=True, beta=1.0)
     assert g.a.data_type == dtype_name and g.compute == "float32"
     numpy_gemm(g)
     exact = reference(values(a, dtype_name, numpy), values(b, dtype_name, numpy),
@@ -107,7 +108,7 @@ def test_twin_follows_the_description_not_the_arrays():
     rng = numpy.random.default_rng(3)
     a, b = rng.standard_normal((1, 4, 4)), rng.standard_normal((1, 4, 4))
     c = numpy.zeros((1, 4, 4))
-    g = matmul(a, b, c, dtype_name="float64")
+    g = describe_gemm(a, b, c, dtype_name="float64")
     numpy_gemm(dataclasses.replace(g, transb=True))
     numpy.testing.assert_allclose(c[0], a[0].T @ b[0])
     assert not numpy.allclose(c[0], a[0] @ b[0])
@@ -115,7 +116,7 @@ def test_twin_follows_the_description_not_the_arrays():
 
 def test_twin_rejects_what_cubLAS_would_read_wrongly():
     a, b = numpy.zeros((2, 3, 4)), numpy.zeros((2, 4, 5))
-    g = matmul(a, b, numpy.zeros((2, 3, 5)), dtype_name="float64")
+    g = describe_gemm(a, b, numpy.zeros((2, 3, 5)), dtype_name="float64")
     with pytest.raises(ValueError, match=r"a: leading dimension 4 < rows 5"):
         numpy_gemm(dataclasses.replace(g, a=dataclasses.replace(g.a, ld=4)))
     with pytest.raises(ValueError, match=r"b: cuBLAS would read element 35 of 24"):
@@ -127,23 +128,24 @@ def test_twin_rejects_what_cubLAS_would_read_wrongly():
 def test_matmul_errors_are_named():
     a, b, c = numpy.zeros((2, 3, 4)), numpy.zeros((2, 4, 5)), numpy.zeros((2, 3, 5))
     with pytest.raises(ValueError, match=r"shapes do not multiply: a \(2, 3, 4\) transposed"):
-        matmul(a, b, c, dtype_name="float64", transpose_a=True)
+        describe_gemm(a, b, c, dtype_name="float64", transpose_a=True)
     with pytest.raises(ValueError, match=r"b must have shape \(1 or 2, rows, cols\)"):
-        matmul(a, b[0], c, dtype_name="float64")
+        describe_gemm(a, b[0], c, dtype_name="float64")
     with pytest.raises(ValueError, match=r"c must be C-contiguous"):
-        matmul(a, b, numpy.zeros((2, 5, 3)).transpose(0, 2, 1), dtype_name="float64")
+        describe_gemm(a, b, numpy.zeros((2, 5, 3)).transpose(0, 2, 1),
+                      dtype_name="float64")
     with pytest.raises(TypeError, match=r"a has dtype float32, expected float64"):
-        matmul(a.astype(numpy.float32), b, c, dtype_name="float64")
+        describe_gemm(a.astype(numpy.float32), b, c, dtype_name="float64")
     with pytest.raises(TypeError, match=r"c has dtype float64, expected float16 or float32"):
-        matmul(a.astype(numpy.float16), b.astype(numpy.float16), c, dtype_name="float16")
+        describe_gemm(a.astype(numpy.float16), b.astype(numpy.float16), c, dtype_name="float16")
     with pytest.raises(ValueError, match=r"beta must be 0 or 1, got 0.5"):
-        matmul(a, b, c, dtype_name="float64", beta=0.5)
+        describe_gemm(a, b, c, dtype_name="float64", beta=0.5)
 
 
 def test_compute_types():
     def described(dtype_name, dtype):
         zeros = numpy.zeros((1, 2, 2), dtype)
-        return matmul(zeros, zeros, zeros, dtype_name=dtype_name)
+        return describe_gemm(zeros, zeros, zeros, dtype_name=dtype_name)
 
     float32 = described("float32", numpy.float32)
     assert compute_type(float32, allow_tf32=False) == gemm_module.CUBLAS_COMPUTE_32F

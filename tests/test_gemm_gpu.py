@@ -13,7 +13,7 @@ import pytest
 import cudeform
 from cudeform import _arrays
 from cudeform._gpu import gemm as gemm_module
-from cudeform._gpu.gemm import cublas_gemm, matmul, numpy_gemm
+from cudeform._gpu.gemm import cublas_gemm, describe_gemm, numpy_gemm
 from cudeform._gpu.storage import narrow, values
 from tests.gpu import UNIT_ROUNDOFF, cupy, requires_gpu
 from tests.helpers import conv_case, split_case
@@ -70,11 +70,12 @@ def test_cublas_equals_the_twin(dtype_name, storage, c_storage, transpose_a, tra
     rounding = {"float16": 2.0**-11, "int16": 2.0**-8}.get(c_storage, 0.0)
     for beta in (0.0, 1.0):
         host_c = c.copy()
-        numpy_gemm(matmul(a, b, host_c, dtype_name=dtype_name, transpose_a=transpose_a,
-                          transpose_b=transpose_b, beta=beta))
+        numpy_gemm(describe_gemm(a, b, host_c, dtype_name=dtype_name,
+                                 transpose_a=transpose_a, transpose_b=transpose_b, beta=beta))
         device_c = cupy.asarray(c)
-        cublas_gemm(matmul(cupy.asarray(a), cupy.asarray(b), device_c, dtype_name=dtype_name,
-                           transpose_a=transpose_a, transpose_b=transpose_b, beta=beta))
+        cublas_gemm(describe_gemm(cupy.asarray(a), cupy.asarray(b), device_c,
+                                  dtype_name=dtype_name, transpose_a=transpose_a,
+                                  transpose_b=transpose_b, beta=beta))
         assert device_c.dtype == c.dtype
         got = values(cupy.asnumpy(device_c), dtype_name, numpy).astype(numpy.float64)
         want = values(host_c, dtype_name, numpy).astype(numpy.float64)
@@ -91,7 +92,7 @@ def test_weight_gradient_accumulates_in_float32_across_calls():
     c = cupy.zeros((1, 4, 4), cupy.float32)
     c[...] = 1000.0
     for _ in range(64):
-        cublas_gemm(matmul(ones, small, c, dtype_name="float16", beta=1.0))
+        cublas_gemm(describe_gemm(ones, small, c, dtype_name="float16", beta=1.0))
     numpy.testing.assert_allclose(cupy.asnumpy(c), 1000.0 + 64 * 0.25, rtol=0, atol=1e-3)
     assert float(cupy.float16(1000.0) + cupy.float16(0.25)) == 1000.0  # float16 would lose it
 
@@ -106,7 +107,7 @@ def test_tf32_only_when_allowed():
 
     def error(allow_tf32):
         c = cupy.empty((1, 64, 64), cupy.float32)
-        cublas_gemm(matmul(a, b, c, dtype_name="float32"), allow_tf32=allow_tf32)
+        cublas_gemm(describe_gemm(a, b, c, dtype_name="float32"), allow_tf32=allow_tf32)
         return numpy.abs(cupy.asnumpy(c) - exact).max() / numpy.abs(exact).max()
 
     assert error(False) < 1e-5

@@ -18,7 +18,7 @@ Per batch chunk of ``n`` images (P output pixels each):
 
 from __future__ import annotations
 
-from cudeform._gpu.gemm import default_gemm, matmul
+from cudeform._gpu.gemm import default_gemm, describe_gemm
 from cudeform._gpu.launch import channels_per_run, index_bits
 from cudeform._gpu.scatter import scatter_sum
 from cudeform._gpu.signatures import (
@@ -111,8 +111,8 @@ def forward(input, offset, weight, bias, mask, g, *, dtype_name, xp, launch, gem
             result = xp.empty((g.groups, out_per_group, chunk.n * chunk.plane), input.dtype)
         if bias is not None:
             result[...] = bias.reshape(g.groups, out_per_group, 1)
-        gemm(matmul(weight_g, columns, result, dtype_name=dtype_name,
-                    beta=0.0 if bias is None else 1.0))
+        gemm(describe_gemm(weight_g, columns, result, dtype_name=dtype_name,
+                           beta=0.0 if bias is None else 1.0))
         if chunk.n > 1:
             output[chunk.start:chunk.stop] = result.reshape(
                 g.out_channels, chunk.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
@@ -152,14 +152,14 @@ def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, x
             chunk.n, g.groups, out_per_group, chunk.plane)
         grad_out_g = xp.ascontiguousarray(grad_out_g.transpose(1, 2, 0, 3)).reshape(
             g.groups, out_per_group, chunk.n * chunk.plane)
-        gemm(matmul(grad_out_g, columns, grad_weight, dtype_name=dtype_name, transpose_b=True,
-                    beta=1.0))
+        gemm(describe_gemm(grad_out_g, columns, grad_weight, dtype_name=dtype_name,
+                           transpose_b=True, beta=1.0))
         if grad_bias is not None:
             ones = _ones(chunk.n * chunk.plane, dtype, dtype_name, xp)
-            gemm(matmul(grad_out_g, ones, grad_bias, dtype_name=dtype_name, beta=1.0))
+            gemm(describe_gemm(grad_out_g, ones, grad_bias, dtype_name=dtype_name, beta=1.0))
         grad_columns = columns  # the columns are not needed any more
-        gemm(matmul(weight_g, grad_out_g, grad_columns, dtype_name=dtype_name,
-                    transpose_a=True))
+        gemm(describe_gemm(weight_g, grad_out_g, grad_columns, dtype_name=dtype_name,
+                           transpose_a=True))
         _input_gradient(chunk, g, grad_columns, offset, mask, grad_input, bits,
                         deterministic=deterministic, dtype_name=dtype_name, xp=xp, launch=launch)
         _offset_and_mask_gradients(chunk, grad_columns, input, offset, mask, grad_offset,

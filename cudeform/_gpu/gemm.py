@@ -1,6 +1,6 @@
 """Every GEMM of the GPU path: one description, run by cuBLAS or by its NumPy twin.
 
-:func:`matmul` takes row-major arrays and describes
+:func:`describe_gemm` takes row-major arrays and describes
 ``C[b] = op(A[b]) @ op(B[b]) + beta * C[b]`` for every batch entry ``b`` (the weight
 groups) once, as the column-major arguments of ``cublasGemmStridedBatchedEx``: a
 :class:`Gemm`. :func:`cublas_gemm` passes those arguments to cuBLAS on CuPy arrays, in
@@ -90,7 +90,7 @@ def _row_major(array, name, batch, dtype_names):
     return Operand(array, data_type, rows=cols, cols=rows, ld=max(1, cols), stride=stride)
 
 
-def matmul(a, b, c, *, dtype_name, transpose_a=False, transpose_b=False, beta=0.0):
+def describe_gemm(a, b, c, *, dtype_name, transpose_a=False, transpose_b=False, beta=0.0):
     """Describe ``c[i] = op(a[i]) @ op(b[i]) + beta * c[i]`` on row-major 3-D arrays.
 
     Args:
