@@ -37,10 +37,11 @@ class _Chunk:
     def __init__(self, g, start, stop):
         self.start, self.stop, self.n = start, stop, stop - start
         self.plane = g.out_h * g.out_w
-        self.taps = self.n * g.offset_groups * g.taps * self.plane  # (image, group, tap, pixel)
+        # Sampling tasks: one per (image, offset group, tap, pixel).
+        self.tap_count = self.n * g.offset_groups * g.taps * self.plane
         self.group_channels = g.in_channels // g.offset_groups
-        self.slice_channels = channels_per_run(self.group_channels, self.taps)
-        self.runs = self.taps * -(-self.group_channels // self.slice_channels)
+        self.slice_channels = channels_per_run(self.group_channels, self.tap_count)
+        self.runs = self.tap_count * -(-self.group_channels // self.slice_channels)
         self.shape = dict(
             batch=self.n, channels=g.in_channels, height=g.height, width=g.width,
             kernel_h=g.kernel_h, kernel_w=g.kernel_w, pad_h=g.pad_h, pad_w=g.pad_w,
@@ -52,8 +53,8 @@ class _Chunk:
         return None if array is None else array[self.start:self.stop]
 
 
-def _partial_components(mask):
-    return 2 if mask is None else 3  # dy, dx (and dm)
+def _partial_components(has_mask):
+    return 3 if has_mask else 2  # dy, dx (and dm)
 
 
 def workspace_per_image(g, itemsize, *, backward, mask=True, deterministic=False):
@@ -65,7 +66,7 @@ def workspace_per_image(g, itemsize, *, backward, mask=True, deterministic=False
     if not backward:
         return columns
     accumulate_itemsize = 8 if itemsize == 8 else 4
-    partials = (3 if mask else 2) * one.runs * accumulate_itemsize
+    partials = _partial_components(mask) * one.runs * accumulate_itemsize
     fixed = _FIXED_POINT_BYTES * g.in_channels * g.height * g.width if deterministic else 0
     return columns + partials + fixed
 
@@ -81,7 +82,7 @@ def _im2col(chunk, g, input, offset, mask, *, dtype_name, xp, launch):
                        dtype=input.dtype)
     bits = index_bits(columns.size, chunk.n * g.in_channels * g.height * g.width,
                       chunk.n * 2 * g.offset_groups * g.taps * chunk.plane,
-                      _partial_components(mask) * chunk.runs)
+                      _partial_components(mask is not None) * chunk.runs)
     launch(DEFORM_IM2COL, dtype_name, bits, chunk.runs, input=chunk.of(input),
            offset=chunk.of(offset), mask=chunk.of(mask), columns=columns, **chunk.shape)
     return columns, bits
@@ -187,11 +188,11 @@ def _input_gradient(chunk, g, grad_columns, offset, mask, grad_input, bits, *, d
 def _offset_and_mask_gradients(chunk, grad_columns, input, offset, mask, grad_offset,
                                grad_mask, bits, *, dtype_name, xp, launch):
     """Partial sums over slices of channels, then their sum in a fixed order."""
-    components = _partial_components(mask)
+    components = _partial_components(mask is not None)
     partials = xp.empty(components * chunk.runs, dtype=xp.dtype(ACCUMULATE_DTYPES[dtype_name]))
     launch(DEFORM_COL2IM_COORD, dtype_name, bits, chunk.runs, grad_columns=grad_columns,
            input=chunk.of(input), offset=chunk.of(offset), mask=chunk.of(mask),
            partials=partials, **chunk.shape)
-    launch(DEFORM_COL2IM_COORD_REDUCE, dtype_name, bits, components * chunk.taps,
+    launch(DEFORM_COL2IM_COORD_REDUCE, dtype_name, bits, components * chunk.tap_count,
            partials=partials, mask=chunk.of(mask), grad_offset=chunk.of(grad_offset),
            grad_mask=chunk.of(grad_mask), **chunk.shape)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from cudeform._gpu.signatures import ACCUMULATE_DTYPES, FIXED_POINT_TO_FLOAT, MAX_ABS_EXPONENT
 from cudeform._gpu.storage import narrow
 
-# Sums stay below 2**62 plus rounding: two bits of room below the int64 sign.
+# Scaled sums stay within 2**62, plus at most K/2 of rounding: below the int64 limit.
 SCALE_BITS = 62
 MAX_CONTRIBUTIONS = 2**60  # so that scale_shift >= 2 (see fixed_point_exponent)
 
