@@ -204,3 +204,39 @@ def test_max_abs_exponent_is_the_frexp_exponent_of_the_largest_value():
     host_launch(kernel, "float64", 32, count, bound=target.bound, **args)
     assert target.bound[0] == numpy.frexp(3.0)[1] + 1100  # NaN and Inf are left out
     assert MAX_ABS_EXPONENT is kernel
+
+
+def test_deterministic_bfloat16_views_in_every_loop_order():
+    """The host logic on bfloat16 views (as the torch adapter hands them over), with the
+    bfloat16 kernels emulated by the float32 host build: the fixed-point gradients are
+    the same bits in every order and within 16 unit roundoffs of float64."""
+    pytest.importorskip("torch")
+    from cudeform._gpu import deform_conv as gpu
+    from cudeform._gpu.storage import values
+    from tests.gpu import UNIT_ROUNDOFF
+    from tests.test_adapter_torch_gpu import bfloat16_view, emulated_bfloat16_launch
+
+    rng = numpy.random.default_rng(17)
+    arrays, options = conv(rng, numpy.float64, groups=2, in_channels=4, out_channels=4,
+                           offset_groups=2, offset_scale=3.0)
+    views = {k: None if v is None else bfloat16_view(v) for k, v in arrays.items()}
+    g = CONV.geometry(arrays, options)
+    grad_output = bfloat16_view(rng.standard_normal(g.output_shape))
+    args = [views[k] for k in CONV.operand_names] + [g]
+    engine = dict(dtype_name="bfloat16", xp=numpy, launch=emulated_bfloat16_launch,
+                  deterministic=True)
+    results = {}
+    for order in LOOP_ORDERS:
+        with loop_order(order):
+            results[order] = gpu.backward(grad_output, *args, **engine)
+    for order in LOOP_ORDERS[1:]:
+        for got, want in zip(results[order], results["forward"]):
+            assert (got is None and want is None) or same_bits(got, want), order
+    exact = {k: None if v is None else values(v, "bfloat16", numpy).astype(numpy.float64)
+             for k, v in views.items()}
+    expected = CONV.cpu.backward(values(grad_output, "bfloat16", numpy).astype(numpy.float64),
+                                 *CONV.operands(exact), g)
+    for got, want in zip(results["forward"], expected):
+        got = values(got, "bfloat16", numpy).astype(numpy.float64)
+        atol = 16 * UNIT_ROUNDOFF["bfloat16"] * numpy.abs(want).max()
+        numpy.testing.assert_allclose(got, want, rtol=0, atol=atol)
