@@ -101,12 +101,12 @@ def test_tf32_only_when_allowed():
     """float32 GEMMs are exact FP32 by default; with TF32 allowed (on a GPU that has it)
     they round the inputs to 10 mantissa bits, a difference of order 1e-3."""
     rng = numpy.random.default_rng(1)
-    a = cupy.asarray(rng.standard_normal((1, 64, 1024)).astype(numpy.float32))
-    b = cupy.asarray(rng.standard_normal((1, 1024, 64)).astype(numpy.float32))
+    a = cupy.asarray(rng.standard_normal((1, 256, 512)).astype(numpy.float32))
+    b = cupy.asarray(rng.standard_normal((1, 512, 256)).astype(numpy.float32))
     exact = cupy.asnumpy(a).astype(numpy.float64) @ cupy.asnumpy(b).astype(numpy.float64)
 
     def error(allow_tf32):
-        c = cupy.empty((1, 64, 64), cupy.float32)
+        c = cupy.empty((1, 256, 256), cupy.float32)
         cublas_gemm(describe_gemm(a, b, c, dtype_name="float32"), allow_tf32=allow_tf32)
         return numpy.abs(cupy.asnumpy(c) - exact).max() / numpy.abs(exact).max()
 
