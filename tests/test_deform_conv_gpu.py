@@ -166,7 +166,7 @@ def test_64_bit_index_instantiation_matches_32_bit(monkeypatch, dtype, launches)
     force_64_bit_indices(monkeypatch, gpu)
     wide = CONV.run(device, options, device_grad_output)
     assert {name for name, _ in launches} == {
-        "deform_im2col", "deform_col2im", "deform_col2im_coord"}
+        "deform_im2col", "deform_col2im", "deform_col2im_coord", "deform_col2im_coord_reduce"}
     assert all(bits == 64 for _, bits in launches)
     CONV.assert_same_results(wide, results_to_host(narrow), dtype)
 
