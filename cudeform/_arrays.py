@@ -141,13 +141,18 @@ def on_gpu(array, dtype):
     """Run CUDA host logic on the GPU of ``array`` (a CuPy array) for arrays of ``dtype``.
 
     Yields the keyword arguments that every ``cudeform._gpu.<op>`` function takes
-    besides its arrays: the element type name, the array module and the launcher.
-    This is the one place where the public functions reach CuPy's launcher, which
-    imports CuPy (through ``cudeform._gpu.compile``) on its first launch.
+    besides its arrays: the element type name, the array module, the launcher, the
+    GEMM runner (cuBLAS, with TF32 as :func:`cudeform.allow_tf32` says now) and
+    whether to run deterministically (:func:`cudeform.is_deterministic`). This is the
+    one place where the public functions reach CuPy's launcher and cuBLAS, and where
+    the modes are read, once per call. The host tests pass the NumPy twins instead.
     """
     import cupy
 
+    from cudeform import _modes
+    from cudeform._gpu.gemm import default_gemm
     from cudeform._gpu.launch import cuda_launch
 
     with array.device:  # allocate and launch on the arrays' GPU
-        yield dict(dtype_name=element_type(dtype, cupy), xp=cupy, launch=cuda_launch)
+        yield dict(dtype_name=element_type(dtype, cupy), xp=cupy, launch=cuda_launch,
+                   gemm=default_gemm(cupy), deterministic=_modes.is_deterministic())

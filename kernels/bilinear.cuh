@@ -151,12 +151,13 @@ __device__ __forceinline__ void bilinear_coordinate_grad(const T* plane,
   }
 }
 
-// Value gradient: scatter grad * weight into each valid corner of grad_plane.
+// Value gradient: add grad * weight to each valid corner of the plane that starts
+// at element `plane` of `out` (float atomics or fixed point, see fixed_point.cuh).
 template <typename A, typename I>
-__device__ __forceinline__ void bilinear_scatter(A* grad_plane, const BilinearCorners<A, I>& c,
-                                                 A grad) {
+__device__ __forceinline__ void bilinear_scatter(const Scatter<A, I>& out, I plane,
+                                                 const BilinearCorners<A, I>& c, A grad) {
   for (int q = 0; q < 4; ++q) {
-    if (c.valid[q]) atomicAdd(grad_plane + c.index[q], c.weight[q] * grad);
+    if (c.valid[q]) out.add(plane + c.index[q], c.weight[q] * grad);
   }
 }
 

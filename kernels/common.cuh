@@ -1,6 +1,6 @@
 // Shared definitions for every cudeform kernel family.
 //
-// A module's source is this header, then bilinear.cuh, then one family file,
+// A module's source is this header, fixed_point.cuh, bilinear.cuh, then one family file,
 // joined as text by cudeform/_gpu/source.py (so CuPy's cache key sees every byte).
 // Kernels are grid-stride loops without shared memory or warp intrinsics, so the
 // same text also compiles as plain C++ under tests/host/shim.h.
@@ -51,11 +51,22 @@ __device__ __forceinline__ typename accumulate<T>::type load(const T* p) {
   return to_acc<T>(__ldg(p));
 }
 
+// +Infinity and a quiet NaN of the accumulation type.
+template <typename A> __device__ __forceinline__ A infinity();
+template <> __device__ __forceinline__ float infinity<float>() { return __int_as_float(0x7f800000); }
+template <> __device__ __forceinline__ double infinity<double>() {
+  return __longlong_as_double(0x7ff0000000000000LL);
+}
+template <typename A> __device__ __forceinline__ A quiet_nan() { return infinity<A>() - infinity<A>(); }
+
 }  // namespace cudeform
 
 // Grid-stride loop over [0, count) with an index of type I. The host picks a
 // 64-bit I whenever a count or a buffer size could overflow 32-bit arithmetic.
+// (The host-run tests define their own, which can walk the range in other orders.)
+#ifndef CUDEFORM_GRID_STRIDE_LOOP
 #define CUDEFORM_GRID_STRIDE_LOOP(I, i, count)                                   \
   for (I i = static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x) +           \
              static_cast<I>(threadIdx.x);                                        \
        i < (count); i += static_cast<I>(blockDim.x) * static_cast<I>(gridDim.x))
+#endif

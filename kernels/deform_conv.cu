@@ -1,10 +1,18 @@
-// Deformable convolution (DCNv1, and DCNv2 when mask is not null): im2col,
-// col2im and col2im_coord. Compiled after common.cuh and bilinear.cuh.
+// Deformable convolution (DCNv1, and DCNv2 when mask is not null): im2col, col2im
+// (with its bound for the fixed-point mode) and the offset/mask gradient in two passes.
+// Compiled after common.cuh, fixed_point.cuh and bilinear.cuh.
 //
 // Column buffer of a batch chunk of `batch` images, P = out_h * out_w, taps = kh * kw:
 //   columns[(c * taps + k) * (batch * P) + n * P + p]
 // so that one GEMM per weight group gives (C_out, batch * P), and the weight
 // gradient is one GEMM per group over batch * P.
+//
+// The sampling work (position, corners, weights, mask) depends only on the tap:
+// (image n, offset group g, tap k, pixel p), numbered
+//   tap = ((n * offset_groups + g) * taps + k) * P + p,
+// the index of its mask entry. The run kernels give each thread one run: a tap and a
+// slice of at most slice_channels channels of its group, run = slice * taps_total + tap.
+// The thread samples once and applies the result to every channel of its slice.
 
 namespace cudeform {
 
@@ -12,121 +20,167 @@ template <typename I>
 struct ConvShape {
   I batch, channels, height, width;
   I kernel_h, kernel_w, pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
-  I out_h, out_w, offset_groups;
+  I out_h, out_w, offset_groups, slice_channels;
 
   __device__ I taps() const { return kernel_h * kernel_w; }
   __device__ I out_plane() const { return out_h * out_w; }
-  __device__ I group_of_channel(I c) const { return c / (channels / offset_groups); }
+  __device__ I group_channels() const { return channels / offset_groups; }
+  __device__ I slices() const { return (group_channels() + slice_channels - 1) / slice_channels; }
+  // Every (image, offset group, tap, pixel), and every run of the run kernels.
+  __device__ I tap_count() const { return batch * offset_groups * taps() * out_plane(); }
+  __device__ I run_count() const { return slices() * tap_count(); }
+  __device__ I column(I c, I k, I n, I p) const {
+    return (c * taps() + k) * (batch * out_plane()) + n * out_plane() + p;
+  }
+  __device__ I input_plane(I n, I c) const { return (n * channels + c) * height * width; }
+  // The dy entry of a tap in offset (batch, 2 * groups * taps, P); dx follows P later.
+  __device__ I offset_entry(I n, I g, I k, I p) const {
+    return ((n * offset_groups + g) * 2 * taps() + 2 * k) * out_plane() + p;
+  }
 };
 
 #define CUDEFORM_CONV_SHAPE_PARAMS                                                      \
   I batch, I channels, I height, I width, I kernel_h, I kernel_w, I pad_h, I pad_w,     \
-      I stride_h, I stride_w, I dilation_h, I dilation_w, I out_h, I out_w, I offset_groups
+      I stride_h, I stride_w, I dilation_h, I dilation_w, I out_h, I out_w,             \
+      I offset_groups, I slice_channels
 #define CUDEFORM_CONV_SHAPE                                                             \
-  ConvShape<I> s = {batch, channels, height, width, kernel_h, kernel_w, pad_h, pad_w,   \
-                    stride_h, stride_w, dilation_h, dilation_w, out_h, out_w, offset_groups}
+  ConvShape<I> s = {batch,      channels,   height, width,         kernel_h, kernel_w,  \
+                    pad_h,      pad_w,      stride_h, stride_w,    dilation_h,          \
+                    dilation_w, out_h,      out_w,  offset_groups, slice_channels}
 
-// Sampling point of tap k at output pixel p for offset group g of image n: the
-// only copy of the DCN sampling formula. offset is (batch, 2*groups*taps, P)
-// with dy at channel 2k and dx at 2k+1 of each group.
-template <typename A, typename T, typename I>
-__device__ __forceinline__ void tap_position(const ConvShape<I>& s, const T* offset, I n, I g,
-                                             I k, I p, A& y, A& x) {
+// One run: tap (n, g, k, p), numbered `tap`, and its channels [first, last).
+template <typename I>
+struct ChannelRun {
+  I tap, n, g, k, p, first, last;
+};
+
+// The only decoding of a run index (and, with index < tap_count(), of a tap index).
+template <typename I>
+__device__ __forceinline__ ChannelRun<I> channel_run(const ConvShape<I>& s, I index) {
+  ChannelRun<I> r;
   const I plane = s.out_plane();
-  const T* dy = offset + ((n * s.offset_groups + g) * 2 * s.taps() + 2 * k) * plane + p;
-  const I ho = p / s.out_w;
-  const I wo = p - ho * s.out_w;
-  const I i = k / s.kernel_w;
-  const I j = k - i * s.kernel_w;
-  y = A(ho * s.stride_h - s.pad_h + i * s.dilation_h) + load(dy);
-  x = A(wo * s.stride_w - s.pad_w + j * s.dilation_w) + load(dy + plane);
+  const I taps = s.taps();
+  const I slice = index / s.tap_count();
+  r.tap = index - slice * s.tap_count();
+  r.p = r.tap % plane;
+  r.k = (r.tap / plane) % taps;
+  r.g = (r.tap / (plane * taps)) % s.offset_groups;
+  r.n = r.tap / (plane * taps * s.offset_groups);
+  const I group_end = (r.g + 1) * s.group_channels();
+  r.first = r.g * s.group_channels() + slice * s.slice_channels;
+  r.last = r.first + s.slice_channels < group_end ? r.first + s.slice_channels : group_end;
+  return r;
 }
 
-// DCNv2 modulation of tap k at pixel p; 1 for DCNv1 (mask == nullptr).
+// DCNv2 modulation of a tap; 1 for DCNv1 (mask == nullptr).
 template <typename A, typename T, typename I>
-__device__ __forceinline__ A tap_mask(const ConvShape<I>& s, const T* mask, I n, I g, I k, I p) {
-  if (mask == nullptr) return A(1);
-  return load(mask + ((n * s.offset_groups + g) * s.taps() + k) * s.out_plane() + p);
+__device__ __forceinline__ A tap_mask(const T* mask, const ChannelRun<I>& r) {
+  return mask == nullptr ? A(1) : load(mask + r.tap);
 }
 
-// One thread per (channel, image, pixel); it writes the column entries of all taps.
+// Sampling point of a tap: the only copy of the DCN sampling formula.
+template <typename A, typename T, typename I>
+__device__ __forceinline__ void tap_position(const ConvShape<I>& s, const T* offset,
+                                             const ChannelRun<I>& r, A& y, A& x) {
+  const T* dy = offset + s.offset_entry(r.n, r.g, r.k, r.p);
+  const I ho = r.p / s.out_w;
+  const I wo = r.p - ho * s.out_w;
+  const I i = r.k / s.kernel_w;
+  const I j = r.k - i * s.kernel_w;
+  y = A(ho * s.stride_h - s.pad_h + i * s.dilation_h) + load(dy);
+  x = A(wo * s.stride_w - s.pad_w + j * s.dilation_w) + load(dy + s.out_plane());
+}
+
+// The corners of a tap's sampling point (every one invalid outside the map); returns
+// whether the point is inside.
+template <typename A, typename T, typename I>
+__device__ __forceinline__ bool sample_tap(const ConvShape<I>& s, const T* offset,
+                                           const ChannelRun<I>& r, BilinearCorners<A, I>& c) {
+  A y, x;
+  tap_position(s, offset, r, y, x);
+  return zero_padded_corners(y, x, s.height, s.width, c);
+}
+
+// Columns: each run writes the column entries of its tap for its channels.
 template <typename T, typename I>
 __global__ void deform_im2col(const T* input, const T* offset, const T* mask, T* columns,
                               CUDEFORM_CONV_SHAPE_PARAMS) {
   typedef typename accumulate<T>::type A;
   CUDEFORM_CONV_SHAPE;
-  const I plane = s.out_plane();
-  const I taps = s.taps();
-  const I count = s.channels * s.batch * plane;
+  const I count = s.run_count();
   CUDEFORM_GRID_STRIDE_LOOP(I, index, count) {
-    const I p = index % plane;
-    const I n = (index / plane) % s.batch;
-    const I c = index / (plane * s.batch);
-    const I g = s.group_of_channel(c);
-    const T* image = input + (n * s.channels + c) * s.height * s.width;
-    T* column = columns + c * taps * s.batch * plane + n * plane + p;
-    for (I k = 0; k < taps; ++k) {
-      A y, x;
-      tap_position(s, offset, n, g, k, p, y, x);
-      BilinearCorners<A, I> corners;
-      zero_padded_corners(y, x, s.height, s.width, corners);
-      const A value = bilinear_value(image, corners) * tap_mask<A>(s, mask, n, g, k, p);
-      column[k * s.batch * plane] = from_acc<T>(value);
+    const ChannelRun<I> r = channel_run(s, index);
+    BilinearCorners<A, I> corners;
+    sample_tap(s, offset, r, corners);
+    const A m = tap_mask<A>(mask, r);
+    for (I c = r.first; c < r.last; ++c) {
+      const A value = bilinear_value(input + s.input_plane(r.n, c), corners) * m;
+      columns[s.column(c, r.k, r.n, r.p)] = from_acc<T>(value);
     }
   }
 }
 
-// Input gradient: one thread per column entry scatters it into the input
-// gradient with atomicAdd (accumulated in float for 16-bit types).
+// Input gradient: each run scatters its column-gradient entries into the corners of
+// its sampling point (float atomics or fixed point, see fixed_point.cuh).
 template <typename T, typename I>
 __global__ void deform_col2im(const T* grad_columns, const T* offset, const T* mask,
-                              typename accumulate<T>::type* grad_input,
-                              CUDEFORM_CONV_SHAPE_PARAMS) {
+                              CUDEFORM_SCATTER_PARAMS, CUDEFORM_CONV_SHAPE_PARAMS) {
   typedef typename accumulate<T>::type A;
   CUDEFORM_CONV_SHAPE;
-  const I plane = s.out_plane();
-  const I taps = s.taps();
-  const I count = s.channels * taps * s.batch * plane;
+  const Scatter<A, I> out = CUDEFORM_SCATTER;
+  const I count = s.run_count();
   CUDEFORM_GRID_STRIDE_LOOP(I, index, count) {
-    const I p = index % plane;
-    const I n = (index / plane) % s.batch;
-    const I k = (index / (plane * s.batch)) % taps;
-    const I c = index / (plane * s.batch * taps);
-    const I g = s.group_of_channel(c);
-    A y, x;
-    tap_position(s, offset, n, g, k, p, y, x);
+    const ChannelRun<I> r = channel_run(s, index);
     BilinearCorners<A, I> corners;
-    if (!zero_padded_corners(y, x, s.height, s.width, corners)) continue;
-    const A grad = load(grad_columns + index) * tap_mask<A>(s, mask, n, g, k, p);
-    bilinear_scatter(grad_input + (n * s.channels + c) * s.height * s.width, corners, grad);
+    if (!sample_tap(s, offset, r, corners)) continue;
+    const A m = tap_mask<A>(mask, r);
+    for (I c = r.first; c < r.last; ++c) {
+      const A grad = load(grad_columns + s.column(c, r.k, r.n, r.p)) * m;
+      bilinear_scatter(out, s.input_plane(r.n, c), corners, grad);
+    }
   }
 }
 
-// Offset and mask gradients: one thread per (image, offset group, tap, pixel)
-// sums over the channels of its group.
+// The fixed-point bound of deform_col2im: the largest exponent of grad_column * mask.
+// A contribution is that times a corner weight <= 1; an input element receives at most
+// one from each (tap, pixel) of its image, the host's count bound taps * P.
 template <typename T, typename I>
-__global__ void deform_col2im_coord(const T* grad_columns, const T* input, const T* offset,
-                                    const T* mask, T* grad_offset, T* grad_mask,
+__global__ void deform_col2im_bound(const T* grad_columns, const T* mask, unsigned int* bound,
                                     CUDEFORM_CONV_SHAPE_PARAMS) {
   typedef typename accumulate<T>::type A;
   CUDEFORM_CONV_SHAPE;
-  const I plane = s.out_plane();
-  const I taps = s.taps();
-  const I group_channels = s.channels / s.offset_groups;
-  const I count = s.batch * s.offset_groups * taps * plane;
+  const I count = s.run_count();
+  unsigned int local = 0u;
   CUDEFORM_GRID_STRIDE_LOOP(I, index, count) {
-    const I p = index % plane;
-    const I k = (index / plane) % taps;
-    const I g = (index / (plane * taps)) % s.offset_groups;
-    const I n = index / (plane * taps * s.offset_groups);
-    A y, x;
-    tap_position(s, offset, n, g, k, p, y, x);
+    const ChannelRun<I> r = channel_run(s, index);
+    const A m = tap_mask<A>(mask, r);
+    for (I c = r.first; c < r.last; ++c) {
+      const unsigned int word = exponent_word(load(grad_columns + s.column(c, r.k, r.n, r.p)) * m);
+      if (word > local) local = word;
+    }
+  }
+  raise_bound(bound, local);
+}
+
+// Offset and mask gradients, first pass: each run sums over its channels
+//   d value / d y, d value / d x (times the column gradient), and the value itself
+// into partials[(component * slices + slice) * tap_count + tap], components dy, dx
+// and, with a mask, dm.
+template <typename T, typename I>
+__global__ void deform_col2im_coord(const T* grad_columns, const T* input, const T* offset,
+                                    const T* mask, typename accumulate<T>::type* partials,
+                                    CUDEFORM_CONV_SHAPE_PARAMS) {
+  typedef typename accumulate<T>::type A;
+  CUDEFORM_CONV_SHAPE;
+  const I count = s.run_count();
+  CUDEFORM_GRID_STRIDE_LOOP(I, index, count) {
+    const ChannelRun<I> r = channel_run(s, index);
     BilinearCorners<A, I> corners;
     A grad_y = A(0), grad_x = A(0), grad_m = A(0);
-    if (zero_padded_corners(y, x, s.height, s.width, corners)) {
-      for (I c = g * group_channels; c < (g + 1) * group_channels; ++c) {
-        const A grad = load(grad_columns + ((c * taps + k) * s.batch + n) * plane + p);
-        const T* image = input + (n * s.channels + c) * s.height * s.width;
+    if (sample_tap(s, offset, r, corners)) {
+      for (I c = r.first; c < r.last; ++c) {
+        const A grad = load(grad_columns + s.column(c, r.k, r.n, r.p));
+        const T* image = input + s.input_plane(r.n, c);
         A dy, dx;
         bilinear_coordinate_grad(image, corners, dy, dx);
         grad_y += grad * dy;
@@ -134,11 +188,36 @@ __global__ void deform_col2im_coord(const T* grad_columns, const T* input, const
         if (mask != nullptr) grad_m += grad * bilinear_value(image, corners);
       }
     }
-    const A m = tap_mask<A>(s, mask, n, g, k, p);
-    T* out = grad_offset + ((n * s.offset_groups + g) * 2 * taps + 2 * k) * plane + p;
-    out[0] = from_acc<T>(grad_y * m);
-    out[plane] = from_acc<T>(grad_x * m);
-    if (mask != nullptr) grad_mask[index] = from_acc<T>(grad_m);
+    partials[index] = grad_y;
+    partials[count + index] = grad_x;
+    if (mask != nullptr) partials[2 * count + index] = grad_m;
+  }
+}
+
+// Second pass: one thread per gradient value (component, tap) adds the slices in
+// order (no atomics: deterministic) and writes the offset gradient (times the mask)
+// or the mask gradient.
+template <typename T, typename I>
+__global__ void deform_col2im_coord_reduce(const typename accumulate<T>::type* partials,
+                                           const T* mask, T* grad_offset, T* grad_mask,
+                                           CUDEFORM_CONV_SHAPE_PARAMS) {
+  typedef typename accumulate<T>::type A;
+  CUDEFORM_CONV_SHAPE;
+  const I taps = s.tap_count();
+  const I slices = s.slices();
+  const I count = (mask != nullptr ? 3 : 2) * taps;
+  CUDEFORM_GRID_STRIDE_LOOP(I, index, count) {
+    const I component = index / taps;
+    const ChannelRun<I> r = channel_run(s, index - component * taps);
+    const A* partial = partials + component * slices * taps + r.tap;
+    A sum = A(0);
+    for (I slice = 0; slice < slices; ++slice) sum += __ldg(partial + slice * taps);
+    if (component == 2) {
+      grad_mask[r.tap] = from_acc<T>(sum);
+    } else {
+      grad_offset[s.offset_entry(r.n, r.g, r.k, r.p) + component * s.out_plane()] =
+          from_acc<T>(sum * tap_mask<A>(mask, r));
+    }
   }
 }
 

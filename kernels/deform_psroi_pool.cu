@@ -1,12 +1,12 @@
 // Deformable position-sensitive RoI pooling (R-FCN head; MXNet's
-// DeformablePSROIPooling), OPS_SPEC.md section 3. Compiled after common.cuh and
-// bilinear.cuh.
+// DeformablePSROIPooling), OPS_SPEC.md section 3. Compiled after common.cuh,
+// fixed_point.cuh and bilinear.cuh.
 //
 // Output (r, ctop, ph, pw) is the mean of the samples of bin (ph, pw) of RoI r in
 // input channel (ctop*group_size + gh)*group_size + gw, the bin moved by the
 // offset pair of class ctop / channels_each_class at part cell (part_h, part_w).
-// The input gradient is scattered with atomicAdd; the offset gradient is
-// gathered (one thread per offset pair, fixed summation order: deterministic).
+// The input gradient is scattered (float atomics, or fixed point in deterministic
+// mode); the offset gradient is gathered (one thread per offset pair, fixed summation order: deterministic).
 
 namespace cudeform {
 
@@ -201,17 +201,20 @@ __global__ void deform_psroi_pool_forward(const T* input, const T* rois, const T
   }
 }
 
-// Input gradient: one thread per output element scatters grad / samples times
-// the corner weights of each sample with atomicAdd (in float for 16-bit types).
+// Input gradient: one thread per output element scatters grad / samples times the
+// corner weights of each sample (float atomics or fixed point, see fixed_point.cuh).
+// The weights of one output add up to at most 1, so an input element gets at most
+// max|grad_output| from each output that reads its channel, of which there are at
+// most rois * pooled_size^2: the host's fixed-point count bound.
 template <typename T, typename I>
 __global__ void deform_psroi_pool_backward_input(const T* grad_output, const T* rois,
-                                                 const T* offset,
-                                                 typename accumulate<T>::type* grad_input,
+                                                 const T* offset, CUDEFORM_SCATTER_PARAMS,
                                                  CUDEFORM_PSROI_SHAPE_PARAMS,
                                                  typename accumulate<T>::type spatial_scale,
                                                  typename accumulate<T>::type trans_std) {
   typedef typename accumulate<T>::type A;
   CUDEFORM_PSROI_SHAPE;
+  const Scatter<A, I> out = CUDEFORM_SCATTER;
   const I pooled = s.pooled_size;
   const I count = s.num_rois * s.output_dim * pooled * pooled;
   CUDEFORM_GRID_STRIDE_LOOP(I, index, count) {
@@ -225,15 +228,14 @@ __global__ void deform_psroi_pool_backward_input(const T* grad_output, const T* 
     const I samples = sample_count(s, box, hstart, wstart);
     if (samples == 0) continue;
     const A grad = load(grad_output + index) / A(samples);
-    A* grad_plane =
-        grad_input + (box.batch * s.channels + input_channel(s, ctop, ph, pw)) * s.plane();
+    const I plane = (box.batch * s.channels + input_channel(s, ctop, ph, pw)) * s.plane();
     for (I ih = 0; ih < s.sample_per_part; ++ih) {
       for (I iw = 0; iw < s.sample_per_part; ++iw) {
         A h, w;
         if (!sample_position(s, box, hstart, wstart, ih, iw, h, w)) continue;
         BilinearCorners<A, I> corners;
         clamped_corners(h, w, s.height, s.width, corners);
-        bilinear_scatter(grad_plane, corners, grad);
+        bilinear_scatter(out, plane, corners, grad);
       }
     }
   }

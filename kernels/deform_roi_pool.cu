@@ -1,5 +1,6 @@
 // Deformable RoI pooling (OPS_SPEC section 2, mmcv semantics): forward, input
-// gradient and offset gradient. Compiled after common.cuh and bilinear.cuh.
+// gradient and offset gradient. Compiled after common.cuh, fixed_point.cuh and
+// bilinear.cuh.
 //
 // rois is (R, 5) rows (batch_index, x1, y1, x2, y2); offset is (R, 2, ph, pw) with
 // dx at channel 0 and dy at channel 1, or null; output is (R, C, ph, pw).
@@ -153,14 +154,18 @@ __global__ void deform_roi_pool_forward(const T* input, const T* rois, const T* 
 }
 
 // Input gradient: one thread per output element scatters its gradient over the
-// corners of its samples with atomicAdd (into a float buffer for 16-bit types).
+// corners of its samples (float atomics or fixed point, see fixed_point.cuh). The
+// weights of one output's samples add up to at most 1 (it visits at most `count`
+// samples, each of total weight 1, and divides by count), so an input element gets at
+// most max|grad_output| from each of the rois * bins outputs of its channel: the
+// host's fixed-point count bound.
 template <typename T, typename I>
 __global__ void deform_roi_pool_backward_input(const T* grad_output, const T* rois,
-                                               const T* offset,
-                                               typename accumulate<T>::type* grad_input,
+                                               const T* offset, CUDEFORM_SCATTER_PARAMS,
                                                CUDEFORM_ROI_POOL_PARAMS) {
   typedef typename accumulate<T>::type A;
   CUDEFORM_ROI_POOL_SHAPE;
+  const Scatter<A, I> out = CUDEFORM_SCATTER;
   const I count = s.rois * s.channels * s.bins();
   CUDEFORM_GRID_STRIDE_LOOP(I, index, count) {
     I r, c, i, j;
@@ -168,13 +173,13 @@ __global__ void deform_roi_pool_backward_input(const T* grad_output, const T* ro
     RoIBin<A, I> bin;
     if (!roi_bin(s, rois, offset, r, i, j, spatial_scale, gamma, bin)) continue;
     const A grad = load(grad_output + index) / bin.count;
-    A* grad_plane = grad_input + (bin.image * s.channels + c) * s.height * s.width;
+    const I plane = (bin.image * s.channels + c) * s.height * s.width;
     for (I ky = 0; ky < bin.n_y; ++ky) {
       const A y = bin.y(ky);
       for (I kx = 0; kx < bin.n_x; ++kx) {
         BilinearCorners<A, I> corners;
         if (roi_align_corners(y, bin.x(kx), s.height, s.width, corners)) {
-          bilinear_scatter(grad_plane, corners, grad);
+          bilinear_scatter(out, plane, corners, grad);
         }
       }
     }

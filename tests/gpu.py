@@ -1,6 +1,6 @@
 """Shared pieces of the GPU tests: the skip condition, copies between host and device,
 one op run on CuPy arrays and compared with its NumPy path, 16-bit tolerances and the
-compute-sanitizer run. (The ``launches`` fixture is in conftest.py.)
+compute-sanitizer runs (memcheck and racecheck). (The ``launches`` fixture is in conftest.py.)
 
 Importing this module needs neither CuPy nor a GPU: without them ``cupy`` is None
 and ``requires_gpu`` skips every test of a module that sets it as ``pytestmark``.
@@ -201,6 +201,14 @@ def index_widths(gpu_module):
     gpu_module.index_bits = lambda *sizes: 64
     yield 64
 
+
+def scatter_modes():
+    """Yield False (float atomics), then True with cudeform in deterministic mode."""
+    for deterministic in (False, True):
+        cudeform.set_deterministic(deterministic)
+        yield deterministic
+    cudeform.set_deterministic(None)
+
 '''
 # And after it, the line that shows the script ran to its end.
 _SCRIPT_END = 'print("sanitizer script finished")\n'
@@ -218,25 +226,42 @@ def compute_sanitizer():
     return None
 
 
-def run_under_memcheck(script, tmp_path):
-    """Run the Python ``script`` under compute-sanitizer memcheck: no error, and to its end.
+# The last line of a clean run of each tool.
+_CLEAN_SUMMARY = {"memcheck": "ERROR SUMMARY: 0 errors",
+                  "racecheck": "RACECHECK SUMMARY: 0 hazards displayed (0 errors"}
+
+
+def run_under_sanitizer(script, tmp_path, tool="memcheck"):
+    """Run the Python ``script`` under compute-sanitizer ``tool`` (memcheck or racecheck):
+    no error, and to its end.
 
     ``script`` runs from the repository root after ``import numpy, cupy, cudeform``, with
-    CuPy's memory pool off and ``forward_and_backward`` and ``index_widths`` defined.
-    Skips when compute-sanitizer cannot be found.
+    CuPy's memory pool off and ``forward_and_backward``, ``index_widths`` and
+    ``scatter_modes`` defined. Skips when compute-sanitizer cannot be found. (racecheck
+    looks at shared memory, which the kernels do not use: it guards against a future
+    kernel that does.)
     """
+    path = _sanitizer_script(script, tmp_path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    result = subprocess.run(
+        [_sanitizer(), "--tool", tool, "--error-exitcode", "1", sys.executable, str(path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    log = (result.stdout + result.stderr)[-6000:]
+    assert result.returncode == 0, log
+    assert _CLEAN_SUMMARY[tool] in result.stdout + result.stderr, log
+    assert "sanitizer script finished" in result.stdout, log
+
+
+def _sanitizer():
     tool = compute_sanitizer()
     if tool is None:
         pytest.skip("compute-sanitizer not found on PATH, $CUDA_HOME, $CUDA_PATH or "
                     "/usr/local/cuda")
+    return tool
+
+
+def _sanitizer_script(script, tmp_path):
     path = tmp_path / "sanitized.py"
     path.write_text(_SCRIPT_START + script + _SCRIPT_END)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    result = subprocess.run(
-        [tool, "--tool", "memcheck", "--error-exitcode", "1", sys.executable, str(path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    log = (result.stdout + result.stderr)[-6000:]
-    assert result.returncode == 0, log
-    assert "ERROR SUMMARY: 0 errors" in result.stdout + result.stderr, log
-    assert "sanitizer script finished" in result.stdout, log
+    return path

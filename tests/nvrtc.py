@@ -14,6 +14,11 @@ import importlib.metadata
 import pathlib
 import re
 
+import pytest
+
+from cudeform._gpu.signatures import ELEMENT_TYPES, FAMILIES, INDEX_TYPES
+from cudeform._gpu.source import compile_options, family_source
+
 # Wheels that may hold NVRTC (``nvidia-cuda-nvrtc`` is CUDA 13, ``-cu12`` is CUDA 12).
 NVRTC_WHEELS = ("nvidia-cuda-nvrtc", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvrtc-cu13")
 # Wheels that may hold the CUDA headers (cuda_fp16.h, cuda_bf16.h) NVRTC lacks.
@@ -166,3 +171,57 @@ def load(major):
     if nvrtc.version[0] != major:
         return None, f"{path} reports NVRTC {nvrtc.version}, not {major}.x"
     return nvrtc, None
+
+
+def _toolkit(major, arch):
+    """NVRTC <major> and its include folder, or skip saying which is missing."""
+    library, why = load(major)
+    include_dir, why_headers = find_include_dir(major)
+    if library is None or include_dir is None:
+        pytest.skip(f"NVRTC {major} for sm_{arch} not available: {why or why_headers}")
+    return library, include_dir
+
+
+def name_expressions(family, dtype, index_bits):
+    """The name expressions of a family's kernels for one element and index type."""
+    return tuple(kernel.name_expression(ELEMENT_TYPES[dtype], INDEX_TYPES[index_bits])
+                 for kernel in FAMILIES[family])
+
+
+@functools.lru_cache(maxsize=None)
+def compile_instantiation(major, arch, family, dtype, index_bits, label):
+    """One instantiation compiled to a cubin for sm_<arch> with NVRTC <major>, as
+    ``cupy.RawModule`` compiles it, plus ptxas's resource report in the log; skips
+    when that NVRTC is missing and fails the test (naming ``label``) on an error."""
+    library, include_dir = _toolkit(major, arch)
+    element_type = ELEMENT_TYPES[dtype]
+    options = (*compile_options(element_type), f"--gpu-architecture=sm_{arch}",
+               "--ptxas-options=-v")
+    if element_type in ("__half", "__nv_bfloat16"):
+        # Only 16-bit builds include CUDA's headers; float and double compile without them.
+        options += (f"-I{include_dir}",)
+    try:
+        return library.compile(family_source(family), f"{family}.cu", options,
+                               name_expressions(family, dtype, index_bits))
+    except CompileError as error:
+        pytest.fail(f"{label}: {error}", pytrace=False)
+
+
+_PROPERTIES = re.compile(
+    r"Function properties for (\S+)\s*\n.*?(\d+) bytes stack frame, (\d+) bytes spill stores, "
+    r"(\d+) bytes spill loads", re.DOTALL)
+_REGISTERS = re.compile(r"Compiling entry function '(\S+)'.*?Used (\d+) registers", re.DOTALL)
+
+
+def resource_usage(log):
+    """``{mangled name: {registers, stack, spill_stores, spill_loads}}`` from ptxas's
+    ``-v`` report in an NVRTC log."""
+    usage = {}
+    for match in _PROPERTIES.finditer(log):
+        usage[match.group(1)] = dict(stack=int(match.group(2)), spill_stores=int(match.group(3)),
+                                     spill_loads=int(match.group(4)))
+    for chunk in log.split("Compiling entry function ")[1:]:
+        found = _REGISTERS.search("Compiling entry function " + chunk)
+        if found and found.group(1) in usage:
+            usage[found.group(1)]["registers"] = int(found.group(2))
+    return usage

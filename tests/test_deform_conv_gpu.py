@@ -4,7 +4,8 @@ Every test here is skipped without CuPy or without a usable CUDA device. The sto
 float32 and float64 forward and all five gradients equal the NumPy path's on cases
 built to catch index bugs; 16-bit types stay within their rounding of the float64
 result; chunking, 64-bit indices, streams, memoisation and dispatch errors behave;
-and compute-sanitizer sees no illegal memory access.
+and compute-sanitizer (memcheck, racecheck) sees no illegal access in either scatter
+mode. Deterministic mode and the cuBLAS GEMMs have their own GPU test files.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import cudeform
 from cudeform import _workspace
 from tests.gpu import (
     UNIT_ROUNDOFF, DeviceOp, cupy, low_and_exact, low_precision_dtype, noncontiguous_device,
-    requires_gpu, results_to_host, run_under_memcheck, to_device, to_host,
+    requires_gpu, results_to_host, run_under_sanitizer, to_device, to_host,
 )
 from tests.helpers import (
     CONV_CASES as CASES, assert_outside_taps_get_zero_gradients, bad_offset_case, conv_case,
@@ -165,7 +166,7 @@ def test_64_bit_index_instantiation_matches_32_bit(monkeypatch, dtype, launches)
     force_64_bit_indices(monkeypatch, gpu)
     wide = CONV.run(device, options, device_grad_output)
     assert {name for name, _ in launches} == {
-        "deform_im2col", "deform_col2im", "deform_col2im_coord"}
+        "deform_im2col", "deform_col2im", "deform_col2im_coord", "deform_col2im_coord_reduce"}
     assert all(bits == 64 for _, bits in launches)
     CONV.assert_same_results(wide, results_to_host(narrow), dtype)
 
@@ -310,11 +311,17 @@ def run(dtype, seed, mask):
                          options, rng)
 
 for bits in index_widths(gpu):
-    for dtype in (numpy.float32, numpy.float64):
-        for mask in (True, False):
-            run(dtype, bits + mask, mask)
+    for _ in scatter_modes():
+        for dtype in (numpy.float32, numpy.float64):
+            for mask in (True, False):
+                run(dtype, bits + mask, mask)
 """
 
 
 def test_compute_sanitizer_memcheck(tmp_path):
-    run_under_memcheck(SANITIZER_SCRIPT, tmp_path)
+    """Both scatter modes, both index widths: no illegal access."""
+    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, "memcheck")
+
+
+def test_compute_sanitizer_racecheck(tmp_path):
+    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, "racecheck")

@@ -4,7 +4,8 @@ Every test here is skipped without CuPy or without a usable CUDA device. The sto
 float32 and float64 forward and gradients equal the NumPy path's on the random RoI
 sets (borders, degenerate and bad RoIs, bad offsets); the offset gradient is
 deterministic; 16-bit types stay within their rounding of the float64 result;
-64-bit indices and dispatch errors behave; compute-sanitizer sees no illegal access.
+64-bit indices and dispatch errors behave; compute-sanitizer (memcheck, racecheck)
+sees no illegal access in either scatter mode.
 
 Sample positions are computed with unfused products in the kernels, so float32
 positions are bit-identical to the NumPy path's and both skip the same samples.
@@ -18,7 +19,7 @@ import pytest
 import cudeform
 from tests.gpu import (
     UNIT_ROUNDOFF, DeviceOp, cupy, low_and_exact, low_precision_dtype, requires_gpu,
-    run_under_memcheck, to_device, to_host,
+    run_under_sanitizer, to_device, to_host,
 )
 from tests.helpers import dtypes, force_64_bit_indices, plant_bad_values
 from tests.psroi_cases import PSROI_CASES as CASES, bad_rois, huge_rois, psroi_case, smooth_case
@@ -202,10 +203,16 @@ def run(dtype, seed):
     assert bool(cupy.isfinite(output).all()) and bool(cupy.isfinite(grads.input).all())
 
 for bits in index_widths(gpu):
-    for dtype in (numpy.float32, numpy.float64):
-        run(dtype, bits)
+    for _ in scatter_modes():
+        for dtype in (numpy.float32, numpy.float64):
+            run(dtype, bits)
 """
 
 
 def test_compute_sanitizer_memcheck(tmp_path):
-    run_under_memcheck(SANITIZER_SCRIPT, tmp_path)
+    """Both scatter modes, both index widths: no illegal access."""
+    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, "memcheck")
+
+
+def test_compute_sanitizer_racecheck(tmp_path):
+    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, "racecheck")

@@ -6,7 +6,7 @@ tests/roi_pool_cases.py) float32 and float64 forward and both gradients equal th
 NumPy path's, bad RoIs and bad offsets included; the random RoI sets agree on the
 forward and the input gradient; 16-bit types stay within one rounding of the float64
 result; 64-bit indices, non-contiguous arrays, zero and huge RoIs behave; and
-compute-sanitizer sees no illegal memory access.
+compute-sanitizer (memcheck, racecheck) sees no illegal access in either scatter mode.
 
 Why the offset gradient is compared on dyadic sets only: the GPU contracts
 ``a * b + c`` into FMAs and the NumPy path does not, so an inexact sample position
@@ -23,7 +23,7 @@ import pytest
 import cudeform
 from tests.gpu import (
     UNIT_ROUNDOFF, DeviceOp, cupy, low_and_exact, low_precision_dtype, noncontiguous_device,
-    requires_gpu, results_to_host, run_under_memcheck, to_device, to_host,
+    requires_gpu, results_to_host, run_under_sanitizer, to_device, to_host,
 )
 from tests.helpers import dtypes, force_64_bit_indices
 from tests.roi_pool_cases import DYADIC_CASES, ROI_POOL_CASES, roi_pool_case, with_bad_rois
@@ -157,11 +157,17 @@ def run(dtype, seed, offset):
                          options, rng)
 
 for bits in index_widths(gpu):
-    for dtype in (numpy.float32, numpy.float64):
-        for offset in (True, False):
-            run(dtype, bits + offset, offset)
+    for _ in scatter_modes():
+        for dtype in (numpy.float32, numpy.float64):
+            for offset in (True, False):
+                run(dtype, bits + offset, offset)
 """
 
 
 def test_compute_sanitizer_memcheck(tmp_path):
-    run_under_memcheck(SANITIZER_SCRIPT, tmp_path)
+    """Both scatter modes, both index widths: no illegal access."""
+    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, "memcheck")
+
+
+def test_compute_sanitizer_racecheck(tmp_path):
+    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, "racecheck")

@@ -2,20 +2,20 @@
 
 Each (family, element type, index type) is compiled as ``cupy.RawModule`` would compile
 it: ``family_source(family)`` with the family's name expressions and ``compile_options``,
-plus a real ``--gpu-architecture=sm_XX`` so that NVRTC must produce a cubin. CUDA 13
+plus a real ``--gpu-architecture=sm_XX`` so that NVRTC must produce a cubin (and
+``--ptxas-options=-v``, whose resource report test_kernels_resources.py reads). CUDA 13
 dropped Volta, so sm_70 is compiled with NVRTC 12; the other architectures with both.
 NVRTC and the CUDA headers come from the pip wheels; a missing one skips its cases.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 
 import pytest
 
 from cudeform._gpu.signatures import ELEMENT_TYPES, FAMILIES, HEADERS, INDEX_TYPES
-from cudeform._gpu.source import COMPILE_OPTIONS, compile_options, family_source, kernel_dir
+from cudeform._gpu.source import COMPILE_OPTIONS, kernel_dir
 from tests import nvrtc
 
 # (NVRTC major version, SM architecture) pairs compiled to cubin.
@@ -36,34 +36,10 @@ instantiations = pytest.mark.parametrize(
 )
 
 
-def _toolkit(major, arch):
-    """NVRTC <major> and its include folder, or skip saying which is missing."""
-    library, why = nvrtc.load(major)
-    include_dir, why_headers = nvrtc.find_include_dir(major)
-    if library is None or include_dir is None:
-        pytest.skip(f"NVRTC {major} for sm_{arch} not available: {why or why_headers}")
-    return library, include_dir
-
-
-def _name_expressions(family, dtype, index_bits):
-    return tuple(kernel.name_expression(ELEMENT_TYPES[dtype], INDEX_TYPES[index_bits])
-                 for kernel in FAMILIES[family])
-
-
-@functools.lru_cache(maxsize=None)
 def _compile(major, arch, family, dtype, index_bits):
-    """The compiled program of one instantiation, shared by the tests of this file."""
-    library, include_dir = _toolkit(major, arch)
-    element_type = ELEMENT_TYPES[dtype]
-    options = (*compile_options(element_type), f"--gpu-architecture=sm_{arch}")
-    if element_type in ("__half", "__nv_bfloat16"):
-        # Only 16-bit builds include CUDA's headers; float and double compile without them.
-        options += (f"-I{include_dir}",)
-    try:
-        return library.compile(family_source(family), f"{family}.cu", options,
-                               _name_expressions(family, dtype, index_bits))
-    except nvrtc.CompileError as error:
-        pytest.fail(f"{_id(major, arch, family, dtype, index_bits)}: {error}", pytrace=False)
+    """The compiled program of one instantiation (memoised in tests/nvrtc.py)."""
+    return nvrtc.compile_instantiation(major, arch, family, dtype, index_bits,
+                                       _id(major, arch, family, dtype, index_bits))
 
 
 def _source_origin(family, line):

@@ -1,50 +1,90 @@
 """Host logic of the CUDA deformable convolution: batch chunking, kernels and GEMMs.
 
-Written against an array module ``xp`` and a ``launch`` function so that the
-same code drives the CUDA kernels on CuPy arrays and, in the tests, the same
-kernel source compiled for the CPU on NumPy arrays.
+Written against an array module ``xp``, a ``launch`` function and a ``gemm`` runner
+(:mod:`cudeform._gpu.gemm`), so that the same code drives the CUDA kernels and cuBLAS
+on CuPy arrays and, in the tests, the same kernel source compiled for the CPU and the
+GEMM module's NumPy twin on NumPy arrays.
+
+Per batch chunk of ``n`` images (P output pixels each):
+
+- forward: im2col, then one strided-batched GEMM over the weight groups, with the bias
+  added by the GEMM itself (C starts as the bias, beta = 1);
+- backward: im2col; the weight gradient and the bias gradient (against a vector of
+  ones) accumulate over chunks through beta = 1 in the accumulation dtype; the column
+  gradient overwrites the columns; col2im scatters it into the input gradient (float
+  atomics, or fixed point when ``deterministic``); the offset and mask gradients come
+  from per-slice partial sums and a fixed-order reduction.
 """
 
 from __future__ import annotations
 
-from cudeform._gpu.launch import index_bits
+from cudeform._gpu.gemm import default_gemm, describe_gemm
+from cudeform._gpu.launch import channels_per_run, index_bits
+from cudeform._gpu.scatter import scatter_sum
 from cudeform._gpu.signatures import (
-    ACCUMULATE_DTYPES, DEFORM_COL2IM, DEFORM_COL2IM_COORD, DEFORM_IM2COL,
+    ACCUMULATE_DTYPES, DEFORM_COL2IM, DEFORM_COL2IM_BOUND, DEFORM_COL2IM_COORD,
+    DEFORM_COL2IM_COORD_REDUCE, DEFORM_IM2COL,
 )
-from cudeform._gpu.storage import is_view, narrow, values
+from cudeform._gpu.storage import narrow
 from cudeform._workspace import batch_chunks
 
-
-def _shape_args(g, batch):
-    return dict(
-        batch=batch, channels=g.in_channels, height=g.height, width=g.width,
-        kernel_h=g.kernel_h, kernel_w=g.kernel_w, pad_h=g.pad_h, pad_w=g.pad_w,
-        stride_h=g.stride_h, stride_w=g.stride_w, dilation_h=g.dilation_h,
-        dilation_w=g.dilation_w, out_h=g.out_h, out_w=g.out_w, offset_groups=g.offset_groups,
-    )
+_FIXED_POINT_BYTES = 12  # a uint64 sum and a uint32 flag word per input element
 
 
-def _chunks(g, itemsize):
-    # The column buffer of one image: C_in * taps rows of out_h * out_w, of
-    # ``itemsize`` bytes per element.
-    return batch_chunks(g.batch, g.in_channels * g.taps * g.out_h * g.out_w * itemsize)
+class _Chunk:
+    """Shapes and kernel arguments of images ``start:stop``."""
+
+    def __init__(self, g, start, stop):
+        self.start, self.stop, self.n = start, stop, stop - start
+        self.plane = g.out_h * g.out_w
+        # Sampling tasks: one per (image, offset group, tap, pixel).
+        self.tap_count = self.n * g.offset_groups * g.taps * self.plane
+        self.group_channels = g.in_channels // g.offset_groups
+        self.slice_channels = channels_per_run(self.group_channels, self.tap_count)
+        self.runs = self.tap_count * -(-self.group_channels // self.slice_channels)
+        self.shape = dict(
+            batch=self.n, channels=g.in_channels, height=g.height, width=g.width,
+            kernel_h=g.kernel_h, kernel_w=g.kernel_w, pad_h=g.pad_h, pad_w=g.pad_w,
+            stride_h=g.stride_h, stride_w=g.stride_w, dilation_h=g.dilation_h,
+            dilation_w=g.dilation_w, out_h=g.out_h, out_w=g.out_w,
+            offset_groups=g.offset_groups, slice_channels=self.slice_channels)
+
+    def of(self, array):
+        return None if array is None else array[self.start:self.stop]
 
 
-def _slice(array, start, stop):
-    return None if array is None else array[start:stop]
+def _partial_components(has_mask):
+    return 3 if has_mask else 2  # dy, dx (and dm)
 
 
-def _im2col(g, input, offset, mask, start, stop, *, dtype_name, xp, launch):
-    """Columns ``(groups, C_in/groups * taps, n * P)`` of images ``start:stop``."""
-    n = stop - start
-    plane = g.out_h * g.out_w
-    columns = xp.empty((g.groups, g.in_channels // g.groups * g.taps, n * plane),
+def workspace_per_image(g, itemsize, *, backward, mask=True, deterministic=False):
+    """Bytes of workspace one image needs: its columns (``itemsize`` bytes each) and, in
+    the backward, its offset-gradient partial sums and fixed-point sums. An upper bound
+    for every chunk size (a larger chunk needs fewer slices)."""
+    one = _Chunk(g, 0, 1)
+    columns = g.in_channels * g.taps * one.plane * itemsize
+    if not backward:
+        return columns
+    accumulate_itemsize = 8 if itemsize == 8 else 4
+    partials = _partial_components(mask) * one.runs * accumulate_itemsize
+    fixed = _FIXED_POINT_BYTES * g.in_channels * g.height * g.width if deterministic else 0
+    return columns + partials + fixed
+
+
+def _chunks(g, itemsize, **workspace):
+    return (_Chunk(g, start, stop) for start, stop in batch_chunks(
+        g.batch, workspace_per_image(g, itemsize, **workspace)))
+
+
+def _im2col(chunk, g, input, offset, mask, *, dtype_name, xp, launch):
+    """Columns ``(groups, C_in/groups * taps, n * P)`` of the chunk, and the index width."""
+    columns = xp.empty((g.groups, g.in_channels // g.groups * g.taps, chunk.n * chunk.plane),
                        dtype=input.dtype)
-    bits = index_bits(columns.size, n * g.in_channels * g.height * g.width,
-                      n * 2 * g.offset_groups * g.taps * plane)
-    launch(DEFORM_IM2COL, dtype_name, bits, g.in_channels * n * plane,
-           input=input[start:stop], offset=offset[start:stop],
-           mask=_slice(mask, start, stop), columns=columns, **_shape_args(g, n))
+    bits = index_bits(columns.size, chunk.n * g.in_channels * g.height * g.width,
+                      chunk.n * 2 * g.offset_groups * g.taps * chunk.plane,
+                      _partial_components(mask is not None) * chunk.runs)
+    launch(DEFORM_IM2COL, dtype_name, bits, chunk.runs, input=chunk.of(input),
+           offset=chunk.of(offset), mask=chunk.of(mask), columns=columns, **chunk.shape)
     return columns, bits
 
 
@@ -52,80 +92,107 @@ def _grouped_weight(g, weight):
     return weight.reshape(g.groups, g.out_channels // g.groups, -1)
 
 
-def forward(input, offset, weight, bias, mask, g, *, dtype_name, xp, launch):
+def forward(input, offset, weight, bias, mask, g, *, dtype_name, xp, launch, gemm=None,
+            deterministic=False):
     """``deform_conv2d`` on C-contiguous arrays of one dtype, validated into ``g``.
 
-    bfloat16 held in 16-bit integer views (see :mod:`cudeform._gpu.storage`) runs
-    its GEMM and bias in float32 and is rounded once at the end.
+    Every step is a gather or a GEMM, so the result is deterministic in either mode.
+    16-bit types (bfloat16 views included) multiply in float32 and are rounded once.
     """
-    view = is_view(input.dtype, dtype_name)
-    output = xp.empty(g.output_shape, dtype=xp.float32 if view else input.dtype)
-    weight_g = _grouped_weight(g, values(weight, dtype_name, xp))
-    for start, stop in _chunks(g, input.dtype.itemsize + (4 if view else 0)):
-        columns, _ = _im2col(g, input, offset, mask, start, stop,
-                             dtype_name=dtype_name, xp=xp, launch=launch)
-        # (groups, C_out/groups, n * P)
-        result = xp.matmul(weight_g, values(columns, dtype_name, xp))
-        result = result.reshape(g.out_channels, stop - start, g.out_h, g.out_w)
-        output[start:stop] = result.transpose(1, 0, 2, 3)
-    if bias is not None:
-        output += values(bias, dtype_name, xp).reshape(1, -1, 1, 1)
-    return narrow(output, input.dtype, dtype_name, xp)
+    gemm = gemm or default_gemm(xp)
+    output = xp.empty(g.output_shape, dtype=input.dtype)
+    weight_g = _grouped_weight(g, weight)
+    out_per_group = g.out_channels // g.groups
+    for chunk in _chunks(g, input.dtype.itemsize, backward=False):
+        columns, _ = _im2col(chunk, g, input, offset, mask, dtype_name=dtype_name, xp=xp,
+                             launch=launch)
+        if chunk.n == 1:  # (C_out, P) is already the output's layout
+            result = output[chunk.start].reshape(g.groups, out_per_group, chunk.plane)
+        else:
+            result = xp.empty((g.groups, out_per_group, chunk.n * chunk.plane), input.dtype)
+        if bias is not None:
+            result[...] = bias.reshape(g.groups, out_per_group, 1)
+        gemm(describe_gemm(weight_g, columns, result, dtype_name=dtype_name,
+                           beta=0.0 if bias is None else 1.0))
+        if chunk.n > 1:
+            output[chunk.start:chunk.stop] = result.reshape(
+                g.out_channels, chunk.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
+    return output
 
 
-def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, xp, launch):
+def _ones(length, dtype, dtype_name, xp):
+    """``(1, length, 1)`` ones in the storage dtype (bfloat16 views as their bits)."""
+    return narrow(xp.ones((1, length, 1), dtype=xp.float32), dtype, dtype_name, xp)
+
+
+def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, xp, launch,
+             gemm=None, deterministic=False):
     """Gradients ``(input, offset, weight, bias, mask)`` of ``deform_conv2d``.
 
-    The input and weight gradients accumulate in the accumulation dtype (float32
-    for 16-bit types) and are cast back at the end.
+    The weight and bias gradients accumulate in the accumulation dtype (float32 for
+    16-bit types) and are cast back at the end. The input gradient is a scatter: float
+    atomics by default, 64-bit fixed point when ``deterministic`` (then every gradient
+    is bit-identical from run to run).
     """
+    gemm = gemm or default_gemm(xp)
     dtype = input.dtype
     accumulate = xp.dtype(ACCUMULATE_DTYPES[dtype_name])
-    grad_input = xp.zeros(input.shape, dtype=accumulate)
+    grad_input = xp.empty(input.shape, dtype=dtype)
     grad_offset = xp.empty(offset.shape, dtype=dtype)
     grad_mask = None if mask is None else xp.empty(mask.shape, dtype=dtype)
     weight_g = _grouped_weight(g, weight)
     grad_weight = xp.zeros(weight_g.shape, dtype=accumulate)
-    plane = g.out_h * g.out_w
     out_per_group = g.out_channels // g.groups
-
-    widen = accumulate != dtype  # 16-bit columns get a float32 copy for the weight GEMM
-    view = is_view(dtype, dtype_name)  # bfloat16 bits: every GEMM in float32
-    for start, stop in _chunks(g, dtype.itemsize + (accumulate.itemsize if widen else 0)):
-        n = stop - start
-        columns, bits = _im2col(g, input, offset, mask, start, stop,
-                                dtype_name=dtype_name, xp=xp, launch=launch)
-        grad_out_g = grad_output[start:stop].reshape(n, g.groups, out_per_group, plane)
+    grad_bias = None if bias is None else xp.zeros((g.groups, out_per_group, 1), accumulate)
+    chunks = _chunks(g, dtype.itemsize, backward=True, mask=mask is not None,
+                     deterministic=deterministic)
+    for chunk in chunks:
+        columns, bits = _im2col(chunk, g, input, offset, mask, dtype_name=dtype_name, xp=xp,
+                                launch=launch)
+        grad_out_g = grad_output[chunk.start:chunk.stop].reshape(
+            chunk.n, g.groups, out_per_group, chunk.plane)
         grad_out_g = xp.ascontiguousarray(grad_out_g.transpose(1, 2, 0, 3)).reshape(
-            g.groups, out_per_group, n * plane)
-        if view:
-            grad_out_values = values(grad_out_g, dtype_name, xp)
-            grad_weight += xp.matmul(grad_out_values,
-                                     values(columns, dtype_name, xp).transpose(0, 2, 1))
-            columns[...] = narrow(xp.matmul(values(weight_g, dtype_name, xp).transpose(0, 2, 1),
-                                            grad_out_values), dtype, dtype_name, xp)
-            grad_columns = columns
-        elif widen:  # sum over n * P terms in float32, not float16
-            grad_weight += xp.matmul(grad_out_g.astype(accumulate),
-                                     columns.astype(accumulate).transpose(0, 2, 1))
-            grad_columns = xp.matmul(weight_g.transpose(0, 2, 1), grad_out_g, out=columns)
-        else:
-            grad_weight += xp.matmul(grad_out_g, columns.transpose(0, 2, 1))
-            grad_columns = xp.matmul(weight_g.transpose(0, 2, 1), grad_out_g, out=columns)
-        shape = _shape_args(g, n)
-        launch(DEFORM_COL2IM, dtype_name, bits, grad_columns.size,
-               grad_columns=grad_columns, offset=offset[start:stop],
-               mask=_slice(mask, start, stop), grad_input=grad_input[start:stop], **shape)
-        launch(DEFORM_COL2IM_COORD, dtype_name, bits, n * g.offset_groups * g.taps * plane,
-               grad_columns=grad_columns, input=input[start:stop], offset=offset[start:stop],
-               mask=_slice(mask, start, stop), grad_offset=grad_offset[start:stop],
-               grad_mask=_slice(grad_mask, start, stop), **shape)
+            g.groups, out_per_group, chunk.n * chunk.plane)
+        gemm(describe_gemm(grad_out_g, columns, grad_weight, dtype_name=dtype_name,
+                           transpose_b=True, beta=1.0))
+        if grad_bias is not None:
+            ones = _ones(chunk.n * chunk.plane, dtype, dtype_name, xp)
+            gemm(describe_gemm(grad_out_g, ones, grad_bias, dtype_name=dtype_name, beta=1.0))
+        grad_columns = columns  # the columns are not needed any more
+        gemm(describe_gemm(weight_g, grad_out_g, grad_columns, dtype_name=dtype_name,
+                           transpose_a=True))
+        _input_gradient(chunk, g, grad_columns, offset, mask, grad_input, bits,
+                        deterministic=deterministic, dtype_name=dtype_name, xp=xp, launch=launch)
+        _offset_and_mask_gradients(chunk, grad_columns, input, offset, mask, grad_offset,
+                                   grad_mask, bits, dtype_name=dtype_name, xp=xp, launch=launch)
+    if grad_bias is not None:
+        grad_bias = narrow(grad_bias.reshape(-1), dtype, dtype_name, xp)
+    return (grad_input, grad_offset, narrow(grad_weight.reshape(weight.shape), dtype,
+                                            dtype_name, xp), grad_bias, grad_mask)
 
-    grad_bias = None
-    if bias is not None:
-        grad_bias = narrow(values(grad_output, dtype_name, xp).sum(axis=(0, 2, 3),
-                                                                   dtype=accumulate),
-                           dtype, dtype_name, xp)
-    return (narrow(grad_input, dtype, dtype_name, xp), grad_offset,
-            narrow(grad_weight.reshape(weight.shape), dtype, dtype_name, xp), grad_bias,
-            grad_mask)
+
+def _input_gradient(chunk, g, grad_columns, offset, mask, grad_input, bits, *, deterministic,
+                    dtype_name, xp, launch):
+    """col2im into ``grad_input``'s images of the chunk. A fixed-point contribution is
+    grad_column * mask times a corner weight <= 1, and an input element receives at
+    most one from each (tap, pixel) of its image: taps * P."""
+    args = dict(grad_columns=grad_columns, offset=chunk.of(offset), mask=chunk.of(mask),
+                **chunk.shape)
+    bound = (DEFORM_COL2IM_BOUND, chunk.runs,
+             dict(grad_columns=grad_columns, mask=chunk.of(mask), **chunk.shape))
+    scatter_sum(chunk.of(grad_input), (DEFORM_COL2IM, chunk.runs, args), bound,
+                g.taps * chunk.plane, deterministic=deterministic, dtype_name=dtype_name,
+                bits=bits, xp=xp, launch=launch)
+
+
+def _offset_and_mask_gradients(chunk, grad_columns, input, offset, mask, grad_offset,
+                               grad_mask, bits, *, dtype_name, xp, launch):
+    """Partial sums over slices of channels, then their sum in a fixed order."""
+    components = _partial_components(mask is not None)
+    partials = xp.empty(components * chunk.runs, dtype=xp.dtype(ACCUMULATE_DTYPES[dtype_name]))
+    launch(DEFORM_COL2IM_COORD, dtype_name, bits, chunk.runs, grad_columns=grad_columns,
+           input=chunk.of(input), offset=chunk.of(offset), mask=chunk.of(mask),
+           partials=partials, **chunk.shape)
+    launch(DEFORM_COL2IM_COORD_REDUCE, dtype_name, bits, components * chunk.tap_count,
+           partials=partials, mask=chunk.of(mask), grad_offset=chunk.of(grad_offset),
+           grad_mask=chunk.of(grad_mask), **chunk.shape)

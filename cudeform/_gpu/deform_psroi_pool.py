@@ -3,17 +3,18 @@
 Written against an array module ``xp`` and a ``launch`` function, like
 :mod:`cudeform._gpu.deform_conv`, so that the tests can drive the same kernel
 source compiled for the CPU on NumPy arrays. No workspace is needed: every
-kernel reads the RoIs and offsets directly, so there is no chunking.
+kernel reads the RoIs and offsets directly, so there is no chunking. There is no
+GEMM either; ``gemm`` is taken only so that every op takes the same engine arguments.
 """
 
 from __future__ import annotations
 
 from cudeform._gpu.launch import index_bits
+from cudeform._gpu.scatter import max_abs_bound, scatter_sum
 from cudeform._gpu.signatures import (
-    ACCUMULATE_DTYPES, DEFORM_PSROI_POOL_BACKWARD_INPUT, DEFORM_PSROI_POOL_BACKWARD_OFFSET,
+    DEFORM_PSROI_POOL_BACKWARD_INPUT, DEFORM_PSROI_POOL_BACKWARD_OFFSET,
     DEFORM_PSROI_POOL_FORWARD,
 )
-from cudeform._gpu.storage import narrow
 
 
 def _shape_args(g):
@@ -31,27 +32,34 @@ def _bits(g, input, rois, offset):
     return index_bits(input.size, rois.size, output_size, 0 if offset is None else offset.size)
 
 
-def forward(input, rois, offset, g, *, dtype_name, xp, launch):
-    """``deform_psroi_pool`` on C-contiguous arrays of one dtype, validated into ``g``."""
+def forward(input, rois, offset, g, *, dtype_name, xp, launch, gemm=None, deterministic=False):
+    """``deform_psroi_pool`` on C-contiguous arrays of one dtype, validated into ``g``
+    (a gather: deterministic in either mode)."""
     output = xp.empty(g.output_shape, dtype=input.dtype)
     launch(DEFORM_PSROI_POOL_FORWARD, dtype_name, _bits(g, input, rois, offset), output.size,
            input=input, rois=rois, offset=offset, output=output, **_shape_args(g))
     return output
 
 
-def backward(grad_output, input, rois, offset, g, *, dtype_name, xp, launch):
+def backward(grad_output, input, rois, offset, g, *, dtype_name, xp, launch, gemm=None,
+             deterministic=False):
     """Gradients ``(input, offset)`` of ``deform_psroi_pool``; ``offset``'s is None without one.
 
-    The input gradient is scattered with atomicAdd into a buffer of the
-    accumulation dtype (float32 for 16-bit types), cast back at the end; the
+    The input gradient is scattered with float atomicAdd into a buffer of the
+    accumulation dtype (float32 for 16-bit types) and cast back, or, when
+    ``deterministic``, in 64-bit fixed point (:mod:`cudeform._gpu.scatter`). The
     offset gradient is gathered, one thread per offset pair, deterministically.
     """
     bits = _bits(g, input, rois, offset)
-    accumulate = xp.dtype(ACCUMULATE_DTYPES[dtype_name])
-    grad_input = xp.zeros(input.shape, dtype=accumulate)
-    launch(DEFORM_PSROI_POOL_BACKWARD_INPUT, dtype_name, bits, grad_output.size,
-           grad_output=grad_output, rois=rois, offset=offset, grad_input=grad_input,
-           **_shape_args(g))
+    args = dict(grad_output=grad_output, rois=rois, offset=offset, **_shape_args(g))
+    grad_input = xp.empty(input.shape, dtype=input.dtype)
+    # One output's samples weigh at most 1 in all, so an element gets at most
+    # max|grad_output| from each of the rois * pooled_size**2 outputs that can read its
+    # channel.
+    scatter_sum(grad_input, (DEFORM_PSROI_POOL_BACKWARD_INPUT, grad_output.size, args),
+                max_abs_bound(grad_output), g.rois * g.pooled_size**2,
+                deterministic=deterministic, dtype_name=dtype_name, bits=bits, xp=xp,
+                launch=launch)
     grad_offset = None
     if offset is not None:
         grad_offset = xp.empty(offset.shape, dtype=input.dtype)
@@ -59,4 +67,4 @@ def backward(grad_output, input, rois, offset, g, *, dtype_name, xp, launch):
                g.rois * g.num_classes * g.part_size * g.part_size,
                grad_output=grad_output, input=input, rois=rois, offset=offset,
                grad_offset=grad_offset, **_shape_args(g))
-    return narrow(grad_input, input.dtype, dtype_name, xp), grad_offset
+    return grad_input, grad_offset

@@ -10,11 +10,19 @@ from __future__ import annotations
 import numpy
 
 from cudeform._gpu.signatures import (
-    ACC_OUT, ACCUMULATE_DTYPES, ELEMENT_TYPES, INDEX_DTYPES, INDEX_TYPES, SCALAR, SIZE,
+    ACC_IN, ACC_OUT, ACCUMULATE_DTYPES, ELEMENT_TYPES, FIXED_DTYPES, INDEX_DTYPES, INDEX_TYPES,
+    SCALAR, SIZE,
 )
 
 BLOCK = 256
 MAX_BLOCKS = 65536
+# Grid-stride iterations that fill a large GPU: an H200 keeps about 270,000 threads
+# resident. Kernels that walk runs of channels size the runs to reach it.
+FILL_TARGET = 2**18
+# Channels per run of the run kernels (im2col, col2im, col2im_coord): at least 8, so
+# that the shared sampling work pays off, and at most 32, so that a thread's serial
+# loop stays short and the partial sums few.
+RUN_CHANNELS = (8, 32)
 # 32-bit indices are used only while no count, buffer size or grid-stride step
 # can pass 2**31 - 1.
 _INT32_LIMIT = 2**31 - 1 - BLOCK * MAX_BLOCKS
@@ -25,9 +33,22 @@ def index_bits(*sizes):
     return 32 if max(sizes, default=0) <= _INT32_LIMIT else 64
 
 
-def grid_size(count):
+def grid_size(count, max_blocks=MAX_BLOCKS):
     """Blocks for ``count`` grid-stride iterations."""
-    return max(1, min(-(-count // BLOCK), MAX_BLOCKS))
+    return max(1, min(-(-count // BLOCK), max_blocks))
+
+
+def channels_per_run(group_channels, tasks):
+    """Channels that one thread of a run kernel handles, for ``tasks`` (image, offset
+    group, tap, pixel) tuples of ``group_channels`` channels each.
+
+    The fewest runs that bring ``tasks * runs`` to :data:`FILL_TARGET`, within
+    :data:`RUN_CHANNELS` channels per run (fewer only when the group has fewer).
+    """
+    low, high = RUN_CHANNELS
+    runs_needed = max(1, -(-FILL_TARGET // max(1, tasks)))
+    channels = -(-group_channels // runs_needed)
+    return max(1, min(group_channels, max(low, min(high, channels))))
 
 
 def _storage_dtypes(dtype_name):
@@ -65,7 +86,12 @@ def kernel_arguments(kernel, dtype_name, bits, args):
                 raise TypeError(f"{kernel.name}: {name} may not be null")
             values.append(None)
             continue
-        expected = (ACCUMULATE_DTYPES[dtype_name],) if kind == ACC_OUT else _storage_dtypes(dtype_name)
+        if kind in FIXED_DTYPES:
+            expected = (FIXED_DTYPES[kind],)
+        elif kind in (ACC_IN, ACC_OUT):
+            expected = (ACCUMULATE_DTYPES[dtype_name],)
+        else:
+            expected = _storage_dtypes(dtype_name)
         if value.dtype.name not in expected:
             raise TypeError(f"{kernel.name}: {name} has dtype {value.dtype}, expected {expected[0]}")
         if not value.flags.c_contiguous:
@@ -83,4 +109,5 @@ def cuda_launch(kernel, dtype_name, bits, count, **args):
         return
     values = [numpy.uint64(0) if v is None else v for v in values]
     function = get_function(kernel, ELEMENT_TYPES[dtype_name], INDEX_TYPES[bits])
-    function((grid_size(count),), (BLOCK,), tuple(values))
+    blocks = grid_size(count, kernel.max_blocks or MAX_BLOCKS)
+    function((blocks,), (BLOCK,), tuple(values))

@@ -13,9 +13,17 @@ import numpy
 # Parameter kinds. T is the element type, A its accumulation type, I the index type.
 IN = "const T*"
 OUT = "T*"
+ACC_IN = "const A*"
 ACC_OUT = "A*"
+UINT32_IN = "const unsigned int*"
+UINT32_OUT = "unsigned int*"
+UINT64_IN = "const unsigned long long*"
+UINT64_OUT = "unsigned long long*"
 SIZE = "I"
 SCALAR = "A"  # a real number, passed in the accumulation type
+# The NumPy dtype name of the pointer kinds whose element type does not depend on T.
+FIXED_DTYPES = {UINT32_IN: "uint32", UINT32_OUT: "uint32", UINT64_IN: "uint64",
+                UINT64_OUT: "uint64"}
 
 # C element type of each supported storage dtype name.
 ELEMENT_TYPES = {
@@ -43,14 +51,27 @@ class Kernel:
     name: str
     params: tuple  # ((name, kind), ...)
     nullable: frozenset = frozenset()  # pointer parameters that may be null
+    # Most blocks a launch may use (None: launch.MAX_BLOCKS). The bound kernels take
+    # fewer, so that few threads end in an atomicMax on their one word.
+    max_blocks: int | None = None
 
     def name_expression(self, element_type, index_type):
         return f"cudeform::{self.name}<{element_type}, {index_type}>"
 
 
+# --- where scatter kernels add (kernels/fixed_point.cuh, cudeform/_gpu/scatter.py) -----
+# Either grad_input (float atomicAdd), or grad_fixed, grad_flags and bound (64-bit
+# fixed point, integer atomics) with scale_shift = 62 - ceil(log2(contribution bound)).
+SCATTER = (("grad_input", ACC_OUT), ("grad_fixed", UINT64_OUT), ("grad_flags", UINT32_OUT),
+           ("bound", UINT32_IN), ("scale_shift", SIZE))
+SCATTER_NULLABLE = frozenset({"grad_input", "grad_fixed", "grad_flags", "bound"})
+BOUND_BLOCKS = 1024
+
+# --- deform_conv2d (kernels/deform_conv.cu) ---------------------------------------------
 CONV_SHAPE = tuple((name, SIZE) for name in (
     "batch", "channels", "height", "width", "kernel_h", "kernel_w", "pad_h", "pad_w",
     "stride_h", "stride_w", "dilation_h", "dilation_w", "out_h", "out_w", "offset_groups",
+    "slice_channels",
 ))
 
 DEFORM_IM2COL = Kernel(
@@ -60,15 +81,28 @@ DEFORM_IM2COL = Kernel(
 )
 DEFORM_COL2IM = Kernel(
     "deform_conv", "deform_col2im",
-    (("grad_columns", IN), ("offset", IN), ("mask", IN), ("grad_input", ACC_OUT)) + CONV_SHAPE,
-    frozenset({"mask"}),
+    (("grad_columns", IN), ("offset", IN), ("mask", IN)) + SCATTER + CONV_SHAPE,
+    frozenset({"mask"}) | SCATTER_NULLABLE,
+)
+DEFORM_COL2IM_BOUND = Kernel(
+    "deform_conv", "deform_col2im_bound",
+    (("grad_columns", IN), ("mask", IN), ("bound", UINT32_OUT)) + CONV_SHAPE,
+    frozenset({"mask"}), max_blocks=BOUND_BLOCKS,
 )
 DEFORM_COL2IM_COORD = Kernel(
     "deform_conv", "deform_col2im_coord",
     (("grad_columns", IN), ("input", IN), ("offset", IN), ("mask", IN),
-     ("grad_offset", OUT), ("grad_mask", OUT)) + CONV_SHAPE,
+     ("partials", ACC_OUT)) + CONV_SHAPE,
+    frozenset({"mask"}),
+)
+DEFORM_COL2IM_COORD_REDUCE = Kernel(
+    "deform_conv", "deform_col2im_coord_reduce",
+    (("partials", ACC_IN), ("mask", IN), ("grad_offset", OUT), ("grad_mask", OUT))
+    + CONV_SHAPE,
     frozenset({"mask", "grad_mask"}),
 )
+DEFORM_CONV_KERNELS = (DEFORM_IM2COL, DEFORM_COL2IM, DEFORM_COL2IM_BOUND, DEFORM_COL2IM_COORD,
+                       DEFORM_COL2IM_COORD_REDUCE)
 
 # --- deform_roi_pool (kernels/deform_roi_pool.cu) ---------------------------------------
 ROI_POOL_SHAPE = tuple((name, SIZE) for name in (
@@ -82,9 +116,8 @@ DEFORM_ROI_POOL_FORWARD = Kernel(
 )
 DEFORM_ROI_POOL_BACKWARD_INPUT = Kernel(
     "deform_roi_pool", "deform_roi_pool_backward_input",
-    (("grad_output", IN), ("rois", IN), ("offset", IN), ("grad_input", ACC_OUT))
-    + ROI_POOL_SHAPE,
-    frozenset({"offset"}),
+    (("grad_output", IN), ("rois", IN), ("offset", IN)) + SCATTER + ROI_POOL_SHAPE,
+    frozenset({"offset"}) | SCATTER_NULLABLE,
 )
 DEFORM_ROI_POOL_BACKWARD_OFFSET = Kernel(
     "deform_roi_pool", "deform_roi_pool_backward_offset",
@@ -107,8 +140,8 @@ DEFORM_PSROI_POOL_FORWARD = Kernel(
 )
 DEFORM_PSROI_POOL_BACKWARD_INPUT = Kernel(
     "deform_psroi_pool", "deform_psroi_pool_backward_input",
-    (("grad_output", IN), ("rois", IN), ("offset", IN), ("grad_input", ACC_OUT)) + PSROI_SHAPE,
-    frozenset({"offset"}),
+    (("grad_output", IN), ("rois", IN), ("offset", IN)) + SCATTER + PSROI_SHAPE,
+    frozenset({"offset"}) | SCATTER_NULLABLE,
 )
 DEFORM_PSROI_POOL_BACKWARD_OFFSET = Kernel(
     "deform_psroi_pool", "deform_psroi_pool_backward_offset",
@@ -120,12 +153,23 @@ DEFORM_PSROI_POOL_KERNELS = (
     DEFORM_PSROI_POOL_BACKWARD_OFFSET,
 )
 
+# --- shared by the deterministic scatters (kernels/fixed_point.cu) ----------------------
+MAX_ABS_EXPONENT = Kernel(
+    "fixed_point", "max_abs_exponent",
+    (("values", IN), ("bound", UINT32_OUT), ("size", SIZE)), max_blocks=BOUND_BLOCKS,
+)
+FIXED_POINT_TO_FLOAT = Kernel(
+    "fixed_point", "fixed_point_to_float",
+    (("fixed", UINT64_IN), ("flags", UINT32_IN), ("bound", UINT32_IN), ("output", OUT),
+     ("size", SIZE), ("scale_shift", SIZE)),
+)
+FIXED_POINT_KERNELS = (MAX_ABS_EXPONENT, FIXED_POINT_TO_FLOAT)
+
 # Kernel families: one .cu file each, compiled after the shared headers.
 FAMILIES = {
-    name: kernels for name, kernels in (
-        ("deform_conv", (DEFORM_IM2COL, DEFORM_COL2IM, DEFORM_COL2IM_COORD)),
-        ("deform_roi_pool", DEFORM_ROI_POOL_KERNELS),
-        ("deform_psroi_pool", DEFORM_PSROI_POOL_KERNELS),
-    ) if kernels
+    "deform_conv": DEFORM_CONV_KERNELS,
+    "deform_roi_pool": DEFORM_ROI_POOL_KERNELS,
+    "deform_psroi_pool": DEFORM_PSROI_POOL_KERNELS,
+    "fixed_point": FIXED_POINT_KERNELS,
 }
-HEADERS = ("common.cuh", "bilinear.cuh")
+HEADERS = ("common.cuh", "fixed_point.cuh", "bilinear.cuh")

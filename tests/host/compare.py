@@ -1,8 +1,10 @@
 """One op run through the host-compiled kernels and compared with its NumPy path.
 
-The host logic of ``cudeform._gpu.<op>`` runs with ``xp=numpy`` and launches the
-kernels through :func:`tests.host.loader.host_launch` (or a launcher that wraps it);
-``cudeform._cpu.<op>`` is the NumPy path it must agree with.
+The host logic of ``cudeform._gpu.<op>`` runs with ``xp=numpy``, launches the
+kernels through :func:`tests.host.loader.host_launch` (or a launcher that wraps it)
+and runs its GEMMs with the GEMM module's NumPy twin; ``cudeform._cpu.<op>`` is the
+NumPy path it must agree with. ``deterministic`` chooses the scatter mode (float
+atomics or 64-bit fixed point), as ``cudeform.set_deterministic`` does on the GPU.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ import types
 from typing import Callable
 
 import numpy
+import pytest
 
+from cudeform._gpu.gemm import numpy_gemm
 from tests.helpers import TOLERANCES, numerical_gradient
 from tests.host.loader import host_launch
+
+# Run a host test in both scatter modes; "deterministic" puts it under -k determinis.
+scatter_modes = pytest.mark.parametrize("deterministic", [False, True],
+                                        ids=["default", "deterministic"])
 
 
 def recording_launch(calls):
@@ -22,6 +30,18 @@ def recording_launch(calls):
     def launch(kernel, dtype_name, bits, count, **args):
         calls.append((kernel, bits, count))
         return host_launch(kernel, dtype_name, bits, count, **args)
+    return launch
+
+
+def counting_launch(calls):
+    """A launcher that only appends ``(kernel, index bits, thread count)`` to ``calls``,
+    after the argument checks of a real launch; it runs nothing, so it can drive the
+    host logic on the real shapes of large layers (on arrays that need not be filled)."""
+    from cudeform._gpu.launch import kernel_arguments
+
+    def launch(kernel, dtype_name, bits, count, **args):
+        kernel_arguments(kernel, dtype_name, bits, args)
+        calls.append((kernel, bits, count))
     return launch
 
 
@@ -42,31 +62,38 @@ class HostOp:
         shapes = (None if array is None else array.shape for array in self.operands(arrays))
         return self.shape_rule(*shapes, **options)
 
-    def forward(self, arrays, options, launch=host_launch):
-        return self.gpu.forward(*self.operands(arrays), self.geometry(arrays, options),
-                                dtype_name=arrays["input"].dtype.name, xp=numpy, launch=launch)
+    def engine(self, arrays, launch, deterministic, gemm=numpy_gemm):
+        """The keyword arguments of the host logic, as ``cudeform._arrays.on_gpu`` gives
+        them on the GPU, with the host's launcher and GEMM runner."""
+        return dict(dtype_name=arrays["input"].dtype.name, xp=numpy, launch=launch, gemm=gemm,
+                    deterministic=deterministic)
 
-    def backward(self, grad_output, arrays, options, launch=host_launch):
+    def forward(self, arrays, options, launch=host_launch, deterministic=False):
+        return self.gpu.forward(*self.operands(arrays), self.geometry(arrays, options),
+                                **self.engine(arrays, launch, deterministic))
+
+    def backward(self, grad_output, arrays, options, launch=host_launch, deterministic=False):
         return self.gpu.backward(grad_output, *self.operands(arrays),
                                  self.geometry(arrays, options),
-                                 dtype_name=arrays["input"].dtype.name, xp=numpy, launch=launch)
+                                 **self.engine(arrays, launch, deterministic))
 
     def grad_output(self, rng, arrays, options):
         """A random output gradient in the dtype of ``arrays``."""
         return rng.standard_normal(self.geometry(arrays, options).output_shape).astype(
             arrays["input"].dtype)
 
-    def assert_matches_numpy(self, arrays, options, grad_output, launch=host_launch):
+    def assert_matches_numpy(self, arrays, options, grad_output, launch=host_launch,
+                             deterministic=False):
         """Host-run forward and gradients equal the NumPy path's; all finite. Returns them."""
         g = self.geometry(arrays, options)
         rtol, atol = TOLERANCES[arrays["input"].dtype]
-        output = self.forward(arrays, options, launch)
+        output = self.forward(arrays, options, launch, deterministic)
         expected = self.cpu.forward(*self.operands(arrays), g)
         assert output.dtype == expected.dtype and output.shape == expected.shape
         assert numpy.isfinite(output).all()
         numpy.testing.assert_allclose(output, expected, rtol=rtol, atol=atol, err_msg="output")
 
-        grads = self.backward(grad_output, arrays, options, launch)
+        grads = self.backward(grad_output, arrays, options, launch, deterministic)
         expected_grads = self.cpu.backward(grad_output, *self.operands(arrays), g)
         for name, got, want in zip(self.grad_names, grads, expected_grads):
             if want is None:
@@ -78,7 +105,8 @@ class HostOp:
                                           err_msg=f"grad {name}")
         return output, grads
 
-    def assert_backward_matches_central_differences(self, arrays, options, grad_output):
+    def assert_backward_matches_central_differences(self, arrays, options, grad_output,
+                                                    deterministic=False):
         """The host-run backward is the derivative of the host-run forward (float64).
 
         The loss is linear in each single element (bilinear in y and x separately), so
@@ -86,7 +114,7 @@ class HostOp:
         keeps the rounding error under the float64 tolerance. The case must keep every
         sample on one bilinear piece under that step.
         """
-        grads = self.backward(grad_output, arrays, options)
+        grads = self.backward(grad_output, arrays, options, deterministic=deterministic)
 
         def loss():
             return float(numpy.sum(self.forward(arrays, options) * grad_output))

@@ -5,11 +5,13 @@ The module source is ``shim.h`` + :func:`cudeform._gpu.source.family_source` + o
 the signature table. :func:`host_launch` has the signature of
 :func:`cudeform._gpu.launch.cuda_launch` and runs the same argument checks and
 casts (:func:`cudeform._gpu.launch.kernel_arguments`), so the host logic of
-``cudeform._gpu`` runs unchanged on NumPy arrays.
+``cudeform._gpu`` runs unchanged on NumPy arrays. Inside :func:`loop_order`, every
+grid-stride loop walks its range in that order instead of forward.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -21,7 +23,7 @@ import tempfile
 
 from cudeform._gpu.launch import kernel_arguments
 from cudeform._gpu.signatures import (
-    ACC_OUT, ELEMENT_TYPES, FAMILIES, IN, INDEX_TYPES, OUT, SCALAR, SIZE,
+    ACC_IN, ACC_OUT, ELEMENT_TYPES, FAMILIES, FIXED_DTYPES, IN, INDEX_TYPES, OUT, SCALAR, SIZE,
 )
 from cudeform._gpu.source import family_source
 
@@ -31,6 +33,23 @@ COMPILE_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17")
 HOST_DTYPES = ("float32", "float64")
 _C_SIZES = {32: ctypes.c_int, 64: ctypes.c_longlong}
 _C_SCALARS = {"float32": ctypes.c_float, "float64": ctypes.c_double}
+# The orders a grid-stride loop can walk in (cudeform_set_loop_order in shim.h).
+LOOP_ORDERS = ("forward", "reversed", "shuffled")
+_loop_order = "forward"
+
+
+@contextlib.contextmanager
+def loop_order(order):
+    """Within this context, host-run kernels walk their grid-stride loops in ``order``
+    (one of :data:`LOOP_ORDERS`)."""
+    global _loop_order
+    if order not in LOOP_ORDERS:
+        raise ValueError(f"order must be one of {LOOP_ORDERS}, got {order!r}")
+    previous, _loop_order = _loop_order, order
+    try:
+        yield
+    finally:
+        _loop_order = previous
 
 
 def compiler():
@@ -43,12 +62,15 @@ def wrapper_name(kernel, dtype_name, bits):
 
 
 def _c_parameter(kind, name, element_type, index_type):
+    accumulate = f"cudeform::accumulate<{element_type}>::type"
     c_type = {
         IN: f"const {element_type}*",
         OUT: f"{element_type}*",
-        ACC_OUT: f"cudeform::accumulate<{element_type}>::type*",
-        SCALAR: f"cudeform::accumulate<{element_type}>::type",
+        ACC_IN: f"const {accumulate}*",
+        ACC_OUT: f"{accumulate}*",
+        SCALAR: accumulate,
         SIZE: index_type,
+        **{fixed: fixed for fixed in FIXED_DTYPES},  # the C type is the kind
     }[kind]
     return f"{c_type} {name}"
 
@@ -125,5 +147,6 @@ def host_launch(kernel, dtype_name, bits, count, **args):
             c_values.append(c_scalar(float(value)))
         else:
             c_values.append(ctypes.c_void_p(None if value is None else value.ctypes.data))
+    _library(kernel.family).cudeform_set_loop_order(LOOP_ORDERS.index(_loop_order))
     # ``values`` keeps every array alive until the call returns.
     _function(kernel, dtype_name, bits)(*c_values)
