@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+from typing import Iterator, Optional
 
 import numpy
 
@@ -38,7 +39,7 @@ def _environment_deterministic():
     raise ValueError(f"{DETERMINISTIC_VARIABLE} is not valid: expected 0 or 1, got {value!r}")
 
 
-def set_deterministic(enabled):
+def set_deterministic(enabled: Optional[bool]) -> None:
     """Make every GPU gradient bit-identical from run to run (``True``), or allow float
     atomics (``False``, the default); ``None`` goes back to ``CUDEFORM_DETERMINISTIC``.
 
@@ -49,7 +50,7 @@ def set_deterministic(enabled):
     _deterministic = _flag(enabled, "enabled")
 
 
-def is_deterministic():
+def is_deterministic() -> bool:
     """Whether the GPU path runs deterministically for calls made now.
 
     An :func:`override` in effect decides, else :func:`set_deterministic`, else the
@@ -63,7 +64,7 @@ def is_deterministic():
     return _environment_deterministic()
 
 
-def set_allow_tf32(enabled):
+def set_allow_tf32(enabled: bool) -> None:
     """Let float32 GEMMs on the GPU use TF32 tensor cores (``True``), or keep them
     exact FP32 (``False``, the default). 16-bit and float64 GEMMs are unaffected."""
     global _allow_tf32
@@ -71,7 +72,7 @@ def set_allow_tf32(enabled):
     _allow_tf32 = False if flag is None else flag
 
 
-def allow_tf32():
+def allow_tf32() -> bool:
     """Whether float32 GEMMs on the GPU may use TF32 for calls made now (an
     :func:`override` in effect decides, else :func:`set_allow_tf32`)."""
     override_value = _overrides.get().get("allow_tf32")
@@ -79,7 +80,8 @@ def allow_tf32():
 
 
 @contextlib.contextmanager
-def override(*, deterministic=None, allow_tf32=None):
+def override(*, deterministic: Optional[bool] = None,
+             allow_tf32: Optional[bool] = None) -> Iterator[None]:
     """Within this context (this thread or task only), use these modes; ``None`` keeps
     the process-wide value. Adapters wrap each call in it with their framework's flags.
     """

@@ -100,8 +100,10 @@ def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weig
         ``bias``/``mask`` are None when the forward had none.
 
     Notes:
-        On the GPU the input gradient is accumulated with atomicAdd, so its last
-        bits can vary between runs; the NumPy path is deterministic for a given
+        On the GPU the input gradient is accumulated with float atomics, so its
+        last bits can vary between runs, unless deterministic mode is on
+        (:func:`cudeform.set_deterministic`, ``CUDEFORM_DETERMINISTIC=1``), which
+        makes every gradient bit-identical from run to run; the NumPy path is deterministic for a given
         ``CUDEFORM_NUM_THREADS``. The offset gradient is the derivative of the
         piecewise-bilinear sample, which is 0 unless ``-1 < py < H`` and
         ``-1 < px < W``. At an integer sampling position inside that range it is the

@@ -98,7 +98,8 @@ def deform_psroi_pool_backward(grad_output: Array, input: Array, rois: Array,
         The offset gradient is the derivative of the forward expression through
         ``tx, ty``; a clamped sample uses the bilinear slope at its clamped
         position (0 where floor == ceil). On the GPU the input gradient is
-        accumulated with atomicAdd. First order only.
+        accumulated with float atomics (bit-identical from run to run in
+        deterministic mode, :func:`cudeform.set_deterministic`). First order only.
     """
     options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
                    part_size=part_size, sample_per_part=sample_per_part,

@@ -93,7 +93,9 @@ def deform_roi_pool_backward(grad_output: Array, input: Array, rois: Array,
     Notes:
         The gradients are the derivatives of the forward expression: a sample
         coordinate clamped by the RoIAlign border rule has zero gradient. On the
-        GPU the input gradient is accumulated with atomicAdd. First order only.
+        GPU the input gradient is accumulated with float atomics (bit-identical from
+        run to run in deterministic mode, :func:`cudeform.set_deterministic`). First
+        order only.
     """
     options = dict(output_size=output_size, spatial_scale=spatial_scale,
                    sampling_ratio=sampling_ratio, gamma=gamma)

@@ -384,3 +384,45 @@ def test_compile_with_inductor_matches_eager():
     torch.testing.assert_close(compiled, eager)
     for got, t in zip(compiled_grads, (x, offset, weight)):
         torch.testing.assert_close(got, t.grad)
+
+
+def test_each_call_follows_torchs_determinism_and_tf32_flags(monkeypatch):
+    from cudeform.adapters.torch import _to_core
+
+    seen = []
+
+    def record(**arrays):
+        seen.append((cudeform.is_deterministic(), cudeform.allow_tf32()))
+        return arrays["input"]
+
+    x = torch.ones(2, 3)
+    assert not torch.are_deterministic_algorithms_enabled()
+    _to_core.run_core(record, dict(input=x))
+    try:
+        torch.use_deterministic_algorithms(True)
+        _to_core.run_core(record, dict(input=x))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    monkeypatch.setattr(_to_core, "torch_allows_tf32", lambda: True)
+    _to_core.run_core(record, dict(input=x))
+    cudeform.set_deterministic(True)  # torch's flag off: cudeform's own setting stands
+    try:
+        _to_core.run_core(record, dict(input=x))
+    finally:
+        cudeform.set_deterministic(None)
+    assert seen == [(False, False), (True, False), (False, True), (True, True)]
+    assert not cudeform.is_deterministic() and not cudeform.allow_tf32()  # calls only
+
+
+def test_torch_tf32_flag_is_read_from_either_api(monkeypatch):
+    from cudeform.adapters.torch import _to_core
+
+    matmul = torch.backends.cuda.matmul
+    if getattr(matmul, "fp32_precision", None) is None:
+        pytest.skip("this torch has no fp32_precision")
+    monkeypatch.setattr(type(matmul), "fp32_precision", property(lambda self: "tf32"),
+                        raising=False)
+    assert _to_core.torch_allows_tf32()
+    monkeypatch.setattr(type(matmul), "fp32_precision", property(lambda self: "ieee"),
+                        raising=False)
+    assert not _to_core.torch_allows_tf32()

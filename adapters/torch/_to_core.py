@@ -14,6 +14,11 @@ Two dtypes need a detour:
 
 Every result is returned C-contiguous, whatever the memory format of the inputs:
 this is the rule the fake kernels state too.
+
+Each call follows torch's numerical flags: ``torch.use_deterministic_algorithms(True)``
+makes it deterministic (with the flag off, :func:`cudeform.set_deterministic` decides),
+and float32 GEMMs use TF32 exactly when torch's cuBLAS matmuls may
+(``torch.backends.cuda.matmul.fp32_precision``, or the older ``allow_tf32``).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy
 import torch
 from torch import Tensor
 
-from cudeform import _arrays
+from cudeform import _arrays, _modes
 from cudeform.adapters.torch._checks import check_tensors
 
 __all__ = ["run_core"]
@@ -76,6 +81,23 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if device.type == "cpu" and dtype in _SIXTEEN_BIT else dtype
 
 
+def torch_allows_tf32() -> bool:
+    """Whether torch lets its float32 cuBLAS matmuls use TF32 now."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)  # torch >= 2.9
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    # "none" (or an older torch): the legacy flag, which may only be read while the
+    # new API is unused, as here.
+    return bool(matmul.allow_tf32)
+
+
+def _torch_modes():
+    """The core's modes for one call, from torch's flags."""
+    deterministic = True if torch.are_deterministic_algorithms_enabled() else None
+    return _modes.override(deterministic=deterministic, allow_tf32=torch_allows_tf32())
+
+
 @contextlib.contextmanager
 def _on_device(device: torch.device, dtype: torch.dtype):
     """The GPU, stream and bfloat16 context of a call on ``device``; nothing on the CPU."""
@@ -107,7 +129,7 @@ def run_core(function: Callable, tensors: Mapping[str, Optional[Tensor]],
     reference = next(t for t in tensors.values() if t is not None)
     dtype = reference.dtype
     compute = _compute_dtype(reference.device, dtype)
-    with _on_device(reference.device, compute):
+    with _on_device(reference.device, compute), _torch_modes():
         result = function(**{k: to_array(t, compute) for k, t in tensors.items()}, **options)
         if isinstance(result, tuple):
             return tuple(to_tensor(a, dtype) for a in result)

@@ -47,7 +47,9 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor,
     Returns:
         Tensor[N, C_out, H_out, W_out], C-contiguous, of the inputs' dtype. Gradients
         flow to input, offset, weight, bias and mask (first order only). On CUDA the
-        input gradient uses atomicAdd. A sample exactly on the ``-1`` border gets a 0
+        input gradient uses float atomics, unless
+        ``torch.use_deterministic_algorithms(True)`` or
+        :func:`cudeform.set_deterministic` asks for bit-identical gradients. A sample exactly on the ``-1`` border gets a 0
         coordinate gradient (mmcv's rule; torchvision differentiates from above there).
 
     Raises:
