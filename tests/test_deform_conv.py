@@ -128,6 +128,22 @@ def test_chunked_batch_matches_whole_batch():
         assert_close(getattr(chunked_grads, name), getattr(whole_grads, name), numpy.float64)
 
 
+def test_one_pixel_blocks_match_whole_images(monkeypatch):
+    from cudeform._cpu import deform_conv as cpu_deform_conv
+
+    rng = numpy.random.default_rng(12)
+    case = conv_case(rng, batch=2, groups=2, offset_groups=2, out_channels=4)
+    arrays, opts = split_case(case)
+    grad_output = rng.standard_normal(cudeform.deform_conv2d(**case).shape)
+    whole = cudeform.deform_conv2d(**case)
+    whole_grads = cudeform.deform_conv2d_backward(grad_output, **arrays, **opts)
+    monkeypatch.setattr(cpu_deform_conv, "_BLOCK_BYTES", 1)  # one output pixel per block
+    assert_close(cudeform.deform_conv2d(**case), whole, numpy.float64)
+    grads = cudeform.deform_conv2d_backward(grad_output, **arrays, **opts)
+    for name in GRAD_NAMES:
+        assert_close(getattr(grads, name), getattr(whole_grads, name), numpy.float64)
+
+
 @pytest.mark.parametrize("threads", ["1", "3"])
 def test_thread_count_does_not_change_results(threads, monkeypatch):
     rng = numpy.random.default_rng(13)

@@ -1,0 +1,93 @@
+"""Scatter-add done as a gather: weighted sums of rows, grouped by a key.
+
+``target[key[i]] += weight[i] * source[row[i]]`` with repeated keys is the adjoint
+of a gather, and NumPy has no fast primitive for it: ``numpy.add.at`` and
+``numpy.add.reduceat`` over rows call their inner loop once per element or per
+(segment, column). Here the elements are sorted by key once, laid out ``SLOTS``
+to a piece (padding slots read a zero row with weight 0), and one ``take``
+gathers the rows of every piece while one batched ``matmul`` applies the
+weights. A key with more than ``SLOTS`` elements spans several pieces, added
+to its first one in a few passes (or, for very many, summed by the same
+procedure). The layout, and so the order of every sum,
+depends only on the keys: results are reproducible.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+SLOTS = 8
+# Keys with up to this many extra pieces have them added one pass each; beyond, the
+# pieces are summed recursively (a key hit by very many elements).
+_EXTRA_PASSES = 8
+
+
+def _sorted_by_key(keys):
+    """``(sorted keys, element order)``, ties in element order.
+
+    Sorting ``key * m + i`` (unique values) is several times faster than a stable
+    ``argsort``; it is used whenever those values fit in 63 bits.
+    """
+    m = keys.size
+    if int(keys.max()) < (2**62) // m:
+        sorted_keys, order = numpy.divmod(numpy.sort(keys * m + numpy.arange(m)), m)
+        return sorted_keys, order
+    order = numpy.argsort(keys, kind="stable")
+    return keys[order], order
+
+
+def sums_by_key(keys, sources, rows, weights):
+    """Weighted sums of source rows, one per distinct key.
+
+    Args:
+        keys (ndarray[m], int): the group of each element, >= 0.
+        sources (ndarray[n + 1, w]): the rows; the last one must be zero.
+        rows (ndarray[m], int): the source row of each element (< n).
+        weights (ndarray[m, j]): ``j`` weights per element.
+
+    Returns:
+        ``(unique, sums)``: the distinct keys in ascending order, and
+        ``sums (ndarray[u, j, w])`` with ``sums[k] = sum over i with keys[i] ==
+        unique[k] of weights[i][:, None] * sources[rows[i]]``.
+    """
+    m, (j, w) = keys.size, (weights.shape[1], sources.shape[1])
+    if m == 0:
+        return keys[:0].astype(numpy.int64), numpy.zeros((0, j, w), sources.dtype)
+    sorted_keys, order = _sorted_by_key(keys)
+    first = numpy.empty(m, dtype=bool)
+    first[0] = True
+    numpy.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
+    starts = numpy.flatnonzero(first)
+    unique, count = sorted_keys[starts], starts.size
+    segment = numpy.cumsum(first) - 1
+    rank = numpy.arange(m) - starts[segment]
+    # Piece k of a key holds its elements k*SLOTS.. in order: the first pieces of
+    # all keys come first (piece = key's index), then the extra pieces.
+    extra = -(-numpy.diff(starts, append=m) // SLOTS) - 1
+    extra_start = count + numpy.cumsum(extra) - extra
+    chunk = rank // SLOTS
+    piece = numpy.where(chunk == 0, segment, extra_start[segment] + chunk - 1)
+    pieces = count + int(extra.sum())
+
+    place = piece * SLOTS + rank % SLOTS
+    index = numpy.full(pieces * SLOTS, sources.shape[0] - 1, dtype=numpy.intp)
+    index[place] = rows[order]
+    piece_weights = numpy.zeros((pieces * SLOTS, j), dtype=sources.dtype)
+    piece_weights[place] = weights[order]
+    # Indices are in bounds by construction; mode="clip" skips the bounds check.
+    gathered = numpy.take(sources, index, axis=0, mode="clip").reshape(pieces, SLOTS, w)
+    # One extra zero row, so that the pieces can be summed as sources in turn.
+    piece_sums = numpy.empty((pieces + 1, j, w), dtype=sources.dtype)
+    piece_sums[-1] = 0
+    numpy.matmul(piece_weights.reshape(pieces, SLOTS, j).transpose(0, 2, 1), gathered,
+                 out=piece_sums[:-1])
+    sums, most = piece_sums[:count], int(extra.max())
+    if most <= _EXTRA_PASSES:
+        for k in range(most):  # each pass adds one extra piece of every key that has one
+            more = numpy.flatnonzero(extra > k)
+            sums[more] += piece_sums[extra_start[more] + k]
+        return unique, sums
+    piece_keys = numpy.concatenate([unique, numpy.repeat(unique, extra)])
+    _, sums = sums_by_key(piece_keys, piece_sums.reshape(pieces + 1, -1), numpy.arange(pieces),
+                          numpy.ones((pieces, 1), dtype=sources.dtype))
+    return unique, sums.reshape(-1, j, w)
