@@ -93,9 +93,10 @@ class PlaneCorners:
 
 
 def _plane_corners(y, x, rows, cols, width, dwy, dwx, valid, derivatives):
-    """Weights of corners (rows[a], cols[b]) of points (y, x); q = 2a + b."""
-    ly = y - rows[0]
-    lx = x - cols[0]
+    """Weights of corners (rows[a], cols[b]) of points (y, x); q = 2a + b, in the
+    dtype of ``y`` (the integer corner coordinates are exact in it)."""
+    ly = y - rows[0].astype(y.dtype)
+    lx = x - cols[0].astype(x.dtype)
     wy = (1 - ly, ly)
     wx = (1 - lx, lx)
     valid = valid.astype(y.dtype)

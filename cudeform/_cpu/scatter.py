@@ -36,6 +36,27 @@ def _sorted_by_key(keys):
     return keys[order], order
 
 
+def _segments(keys):
+    """``(sorted keys, element order, first-of-segment flags, segment starts)``."""
+    sorted_keys, order = _sorted_by_key(keys)
+    first = numpy.empty(keys.size, dtype=bool)
+    first[0] = True
+    numpy.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
+    return sorted_keys, order, first, numpy.flatnonzero(first)
+
+
+def merge_by_key(keys, values):
+    """``(unique, sums)``: the distinct keys in ascending order and, for each, the sum of
+    the rows of ``values (m, j)`` with that key, added in element order."""
+    if keys.size == 0:
+        return keys[:0].astype(numpy.int64), values[:0]
+    sorted_keys, order, _, starts = _segments(keys)
+    sums = numpy.empty((starts.size, values.shape[1]), dtype=values.dtype)
+    for column in range(values.shape[1]):  # 1-D reduceat: one inner loop per segment
+        sums[:, column] = numpy.add.reduceat(values[order, column], starts)
+    return sorted_keys[starts], sums
+
+
 def sums_by_key(keys, sources, rows, weights):
     """Weighted sums of source rows, one per distinct key.
 
@@ -53,11 +74,7 @@ def sums_by_key(keys, sources, rows, weights):
     m, (j, w) = keys.size, (weights.shape[1], sources.shape[1])
     if m == 0:
         return keys[:0].astype(numpy.int64), numpy.zeros((0, j, w), sources.dtype)
-    sorted_keys, order = _sorted_by_key(keys)
-    first = numpy.empty(m, dtype=bool)
-    first[0] = True
-    numpy.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
-    starts = numpy.flatnonzero(first)
+    sorted_keys, order, first, starts = _segments(keys)
     unique, count = sorted_keys[starts], starts.size
     segment = numpy.cumsum(first) - 1
     rank = numpy.arange(m) - starts[segment]
