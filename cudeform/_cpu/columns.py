@@ -8,6 +8,9 @@ to be rearranged for BLAS: either the weight, once per call (``C_out * K``
 elements), or the columns of every block (``pixels * groups * K`` elements in
 all, spread over the workers). The smaller one is rearranged: the weight for
 layers with many output pixels, the columns for large weights on small maps.
+The order also decides how the forward splits its GEMM over the workers: by
+pixels when the columns are the larger operand, by output channels when the
+weight is (each worker then reads only its part of the weight).
 """
 
 from __future__ import annotations
@@ -56,29 +59,40 @@ class ColumnOrder:
         """A block's ``(C_out, pixels)`` outputs (or output gradients) per group."""
         return outputs.reshape(self.g.groups, -1, outputs.shape[-1])
 
-    def columns(self, point_columns):
-        """Points' columns ``(pixels*taps*dg, 1, C/dg)`` as ``(groups, pixels, K)``."""
+    def columns(self, point_columns, out=None):
+        """Points' columns ``(pixels*taps*dg, 1, C/dg)`` as ``(groups, pixels, K)``,
+        written into ``out`` if given."""
         groups, _, channels, taps = self._split()
         split = point_columns.reshape(-1, taps, groups, channels)
+        pixels = split.shape[0]
         if self.tap_major:
-            return split.transpose(2, 0, 1, 3).reshape(groups, split.shape[0], -1)
-        return split.transpose(2, 0, 3, 1).reshape(groups, split.shape[0], -1)
+            ordered, shape = split.transpose(2, 0, 1, 3), (groups, pixels, taps, channels)
+        else:
+            ordered, shape = split.transpose(2, 0, 3, 1), (groups, pixels, channels, taps)
+        if out is None:
+            return ordered.reshape(groups, pixels, -1)
+        numpy.copyto(out.reshape(shape), ordered)
+        return out
+
+    def points(self, grouped, out):
+        """Inverse of :meth:`columns`: ``grouped (groups, pixels, K)`` written into
+        ``out (pixels*taps*dg, C/dg)`` in the points' order."""
+        groups, _, channels, taps = self._split()
+        pixels = grouped.shape[1]
+        if self.tap_major:
+            ordered = grouped.reshape(groups, pixels, taps, channels).transpose(1, 2, 0, 3)
+        else:
+            ordered = grouped.reshape(groups, pixels, channels, taps).transpose(1, 3, 0, 2)
+        numpy.copyto(out.reshape(pixels, taps, groups, channels), ordered)
 
     def point_gradients(self, grad_outputs, gemm_weight, out):
         """Column gradients of the points, ``grad_outputs^T @ weight`` written into
-        ``out (pixels*taps*dg, C/dg)`` in the points' order (inverse of :meth:`columns`).
+        ``out (pixels*taps*dg, C/dg)`` in the points' order.
 
         ``grad_outputs`` is a block's :meth:`grouped` output gradient.
         """
-        groups, _, channels, taps = self._split()
-        pixels = grad_outputs.shape[-1]
         by_pixel = grad_outputs.transpose(0, 2, 1)
-        if self.tap_major and groups == 1:
-            numpy.matmul(by_pixel[0], gemm_weight[0], out=out.reshape(pixels, -1))
+        if self.tap_major and self.g.groups == 1:
+            numpy.matmul(by_pixel[0], gemm_weight[0], out=out.reshape(by_pixel.shape[1], -1))
             return
-        grads = numpy.matmul(by_pixel, gemm_weight)
-        if self.tap_major:
-            grads = grads.reshape(groups, pixels, taps, channels).transpose(1, 2, 0, 3)
-        else:
-            grads = grads.reshape(groups, pixels, channels, taps).transpose(1, 3, 0, 2)
-        numpy.copyto(out.reshape(pixels, taps, groups, channels), grads)
+        self.points(numpy.matmul(by_pixel, gemm_weight), out)
