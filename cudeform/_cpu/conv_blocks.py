@@ -142,8 +142,20 @@ class BlockColumns:
         # the bounds check and the buffered copy of the default mode.
         values = numpy.take(self.data, corner_rows, axis=0, mode="clip",
                             out=self.values[:count] if values is None else values)
-        numpy.matmul(sampling.weights[:, None, :], values, out=self.columns[:count])
+        weighted_sum(sampling.weights, values, self.columns[:count, 0])
         return values, self.order.columns(self.columns[:count], out)
+
+
+def weighted_sum(weights, rows, out):
+    """``out[i] = sum over q of weights[i, q] * rows[i, q]`` for ``rows (m, 4, w)``.
+
+    ``numpy.vecmat`` (NumPy 2.2 and later) does it about a fifth faster than a
+    batched ``matmul`` of (1 x 4) by (4 x w) matrices.
+    """
+    vecmat = getattr(numpy, "vecmat", None)
+    if vecmat is not None:
+        return vecmat(weights, rows, out=out)
+    return numpy.matmul(weights[:, None, :], rows, out=out[:, None, :])[:, 0]
 
 
 def image_chunks(g, itemsize, backward):
