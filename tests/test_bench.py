@@ -209,7 +209,7 @@ def test_cpu_run_rows_keys_ratios_and_skips(tmp_path):
         assert "skipped: chainer sampler on T2: dilation 2 and 2 offset groups" in text
         memory_table = text.split("peak extra memory of forward+backward")[1]
         line = next(x for x in memory_table.splitlines() if "chainer sampler" in x)
-        assert line.split()[1:5] == ["T1", "(DCNv1", "form)", "float32"]
+        assert line.split()[1:7] == ["T1", "(DCNv1", "form)", "float32", "cpu", "(2"]
         assert "n/a" not in line  # both NumPy-based: tracemalloc sees both
     assert "peak extra memory of forward+backward" in text
     assert "below 1 means cudeform is faster" in text

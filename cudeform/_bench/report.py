@@ -17,7 +17,7 @@ TIME_COLUMNS = (("op", 17, "<"), ("shape", 19, "<"), ("dtype", 8, "<"), ("device
                 ("pass", 7, "<"), ("cudeform ms", 11, ">"), ("peer", 30, "<"),
                 ("peer ms", 9, ">"), ("ratio", 8, ">"))
 MARKDOWN_COLUMNS = ("op", "layer", "device", "pass", "cudeform ms", "peer", "peer ms", "ratio")
-MEMORY_COLUMNS = (("op", 13, "<"), ("shape", 19, "<"), ("dtype", 8, "<"),
+MEMORY_COLUMNS = (("op", 13, "<"), ("shape", 19, "<"), ("dtype", 8, "<"), ("device", 15, "<"),
                   ("cudeform peak MiB", 17, ">"), ("peer", 25, "<"), ("peer peak MiB", 13, ">"),
                   ("ratio", 8, ">"))
 
@@ -146,8 +146,9 @@ class Report:
         for m in self.memory_rows:
             ratio = ("n/a" if m.cudeform_bytes is None or not m.peer_bytes
                      else f"{m.cudeform_bytes / m.peer_bytes:.2f}")
-            self.print(_line(MEMORY_COLUMNS, (m.op, m.label, m.dtype, _mib(m.cudeform_bytes),
-                                              m.peer, _mib(m.peer_bytes), ratio)))
+            self.print(_line(MEMORY_COLUMNS, (m.op, m.label, m.dtype, m.device,
+                                              _mib(m.cudeform_bytes), m.peer, _mib(m.peer_bytes),
+                                              ratio)))
         if self.skips:
             self.print()
             for (peer, reason), places in self.skips.items():

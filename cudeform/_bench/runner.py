@@ -56,6 +56,7 @@ class MemoryRow:
     cudeform_bytes: Optional[int]
     peer: str
     peer_bytes: Optional[int]
+    device: str = ""
 
 
 class _SideFailed(Exception):
@@ -175,7 +176,7 @@ def run_pair(pair, device, settings, listener):
         listener.memory(MemoryRow(pair.op, pair.label, pair.dtype,
                                   _peak(pair.cudeform, device, listener, "cudeform", pair),
                                   pair.peer, _peak(pair.other, device, listener, pair.peer,
-                                                   pair)))
+                                                   pair), device_label(device)))
 
 
 def _peak(side, device, listener, who, pair):
