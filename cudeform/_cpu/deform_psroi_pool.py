@@ -276,9 +276,11 @@ def _summed_input(g, input, parts):
 
     def add(cell_rows):  # a slice of the (image, gh) pairs
         for image, gh in (divmod(k, size) for k in range(cell_rows.start, cell_rows.stop)):
-            total = planes[0][image, gh].copy()
-            for plane in planes[1:]:
-                total += plane[image, gh]
+            total = planes[0][image, gh]
+            if len(planes) > 1:
+                total = numpy.add(total, planes[1][image, gh])
+                for plane in planes[2:]:
+                    total += plane[image, gh]
             by_cell[image, :, :, gh] = total.transpose(3, 4, 0, 1, 2)
 
     parallel.split(n * size, add)

@@ -193,9 +193,11 @@ def _summed_images(g, parts):
     planes = [part[:-1].reshape(g.batch, g.height, g.width, g.channels) for part in parts]
 
     def add(images):
-        total = planes[0][images].copy()
-        for plane in planes[1:]:
-            total += plane[images]
+        total = planes[0][images]
+        if len(planes) > 1:
+            total = numpy.add(total, planes[1][images])
+            for plane in planes[2:]:
+                total += plane[images]
         grad_input[images] = total.transpose(0, 3, 1, 2)
 
     parallel.split(g.batch, add)
