@@ -1,4 +1,4 @@
-"""The NumPy path's scatter-add primitive against a plain loop, and the two column
+"""The NumPy path's scatter-add primitives against plain loops, and the two column
 orders of the convolution's GEMM against each other and finite differences."""
 
 from __future__ import annotations
@@ -70,6 +70,26 @@ def test_sums_by_key_is_reproducible_and_keeps_non_finite_values_local():
     assert poisoned.any() and not poisoned.all()
     assert numpy.isnan(first[1][poisoned]).any(axis=(1, 2)).all()
     assert numpy.isfinite(first[1][~poisoned]).all()
+
+
+@pytest.mark.parametrize("m, key_count", [(1, 1), (200, 150), (300, 7), (2000, 2)])
+def test_dots_by_key_match_a_loop(m, key_count):
+    rng = numpy.random.default_rng(m + 1)
+    keys, sources, rows, _ = random_elements(rng, m, key_count)
+    vectors = rng.standard_normal((key_count, sources.shape[1]))
+    dots = scatter.dots_by_key(keys, sources, rows, vectors)
+    expected = [float(sources[r] @ vectors[k]) for k, r in zip(keys, rows)]
+    assert dots.shape == (m,)
+    assert_close(dots, numpy.array(expected))
+    assert scatter.dots_by_key(keys[:0], sources, rows[:0], vectors).shape == (0,)
+
+
+def test_merge_by_key_sums_rows_in_order():
+    keys = numpy.array([5, 2, 5, 9, 2, 5])
+    values = numpy.arange(12.0).reshape(6, 2)
+    unique, sums = scatter.merge_by_key(keys, values)
+    numpy.testing.assert_array_equal(unique, [2, 5, 9])
+    numpy.testing.assert_array_equal(sums, [[2 + 8, 3 + 9], [0 + 4 + 10, 1 + 5 + 11], [6, 7]])
 
 
 @pytest.fixture(params=[True, False], ids=["weight-rearranged", "columns-rearranged"])

@@ -248,8 +248,9 @@ def _backward_part(g, data, grad_output, rois, offset, grad_offset, part):
             values = numpy.take(data, rows, axis=0, mode="clip")
             slopes = numpy.concatenate([_corner_weights(corners.weight_dx, n),
                                         _corner_weights(corners.weight_dy, n)], axis=-2)
+            # Each corner row dotted with its bin's gradient first: no (2, C) products.
             grad_x, grad_y = numpy.moveaxis(
-                numpy.matmul(numpy.matmul(slopes, values), grad[..., None])[..., 0], -1, 0)
+                numpy.matmul(slopes, numpy.matmul(values, grad[..., None]))[..., 0], -1, 0)
             # d w / d offset = trans_std * roi_w (only where a bin has samples, so the
             # RoI size is finite).
             t = dtype.type

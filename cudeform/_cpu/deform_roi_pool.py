@@ -7,10 +7,11 @@ and ``searchsorted`` give each sample its bin and its place in the bin's grid.
 The four corners of every sample are rows of the input stored channel-last,
 merged per (bin, row) pair with their weights summed, then weighted and summed per
 bin by :func:`cudeform._cpu.scatter.sums_by_key`. The
-backward is two more such sums: the bins' gradients, times the corner weights,
-summed per input row (the input gradient); and the corner rows, times the
-weights' slopes, summed per bin and dotted with the bin's gradient (the offset
-gradient). No ``numpy.add.at``, no loop over RoIs, bins or channels.
+backward is the bins' gradients, times the corner weights, summed per input row
+(the input gradient), and each pair's input row dotted with its bin's gradient
+(:func:`cudeform._cpu.scatter.dots_by_key`), times the weights' slopes and summed
+per bin (the offset gradient). No ``numpy.add.at``, no loop over RoIs, bins or
+channels.
 
 The RoIs are split over the CPU's cores (:mod:`cudeform._cpu.parallel`), each
 worker's memory near its share of the workspace limit: RoIs are processed in
@@ -34,7 +35,7 @@ import numpy
 
 from cudeform._cpu import parallel
 from cudeform._cpu.bilinear import roi_align_corners
-from cudeform._cpu.scatter import merge_by_key, sums_by_key
+from cudeform._cpu.scatter import dots_by_key, merge_by_key, sums_by_key
 from cudeform._workspace import batch_chunks, workspace_limit
 
 # Bytes per bin of the per-bin arrays below, besides its rows of C channels.
@@ -285,9 +286,10 @@ def _backward_part(g, data, grad_output, rois, offset, grad_offset, part):
         for first, last in _sample_ranges(g, bins, dtype.itemsize):
             p = _pairs(g, bins, first, last, derivatives=offset is not None)
             if offset is not None:
-                # Per bin: the slope-weighted sums of its corner rows, dotted with its gradient.
-                present, slopes = sums_by_key(p.bin, data, p.rows, p.slopes)
-                grad_start[present] += numpy.matmul(slopes, grad_means[present][:, :, None])[..., 0]
+                # Per pair: its input row dotted with its bin's gradient, times the slopes.
+                dots = dots_by_key(p.bin, data, p.rows, grad_means)
+                present, slopes = merge_by_key(p.bin, p.slopes * dots[:, None])
+                grad_start[present] += slopes
             rows, sums = sums_by_key(p.rows, grad_means, p.bin, p.weight)
             grad_data[rows] += sums[:, 0]
         if offset is not None:

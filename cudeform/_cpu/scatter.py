@@ -14,6 +14,8 @@ depends only on the keys: results are reproducible.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy
 
 SLOTS = 8
@@ -57,6 +59,48 @@ def merge_by_key(keys, values):
     return sorted_keys[starts], sums
 
 
+@dataclasses.dataclass
+class _Pieces:
+    """Elements sorted by key, ``SLOTS`` to a piece. Piece k of a key holds its
+    elements k*SLOTS.. in order; the first pieces of all keys come first (piece =
+    the key's index), then the extra pieces."""
+
+    unique: numpy.ndarray       # the distinct keys, ascending
+    order: numpy.ndarray        # the elements in sorted order
+    place: numpy.ndarray        # slot of each sorted element, piece * SLOTS + slot
+    count: int                  # keys (and first pieces)
+    pieces: int
+    extra: numpy.ndarray        # extra pieces of each key
+    extra_start: numpy.ndarray  # first extra piece of each key
+
+    def key_of_pieces(self):
+        """Index (into ``unique``) of the key of every piece."""
+        keys = numpy.arange(self.count)
+        return numpy.concatenate([keys, numpy.repeat(keys, self.extra)])
+
+    def gather(self, sources, rows):
+        """``(pieces, SLOTS, w)``: the source rows of the elements, the zero row
+        (the last one of ``sources``) in empty slots."""
+        index = numpy.full(self.pieces * SLOTS, sources.shape[0] - 1, dtype=numpy.intp)
+        index[self.place] = rows[self.order]
+        # Indices are in bounds by construction; mode="clip" skips the bounds check.
+        return numpy.take(sources, index, axis=0, mode="clip").reshape(self.pieces, SLOTS, -1)
+
+
+def _pieces(keys):
+    m = keys.size
+    sorted_keys, order, first, starts = _segments(keys)
+    count = starts.size
+    segment = numpy.cumsum(first) - 1
+    rank = numpy.arange(m) - starts[segment]
+    extra = -(-numpy.diff(starts, append=m) // SLOTS) - 1
+    extra_start = count + numpy.cumsum(extra) - extra
+    chunk = rank // SLOTS
+    piece = numpy.where(chunk == 0, segment, extra_start[segment] + chunk - 1)
+    return _Pieces(sorted_keys[starts], order, piece * SLOTS + rank % SLOTS, count,
+                   count + int(extra.sum()), extra, extra_start)
+
+
 def sums_by_key(keys, sources, rows, weights):
     """Weighted sums of source rows, one per distinct key.
 
@@ -71,40 +115,42 @@ def sums_by_key(keys, sources, rows, weights):
         ``sums (ndarray[u, j, w])`` with ``sums[k] = sum over i with keys[i] ==
         unique[k] of weights[i][:, None] * sources[rows[i]]``.
     """
-    m, (j, w) = keys.size, (weights.shape[1], sources.shape[1])
-    if m == 0:
+    j, w = weights.shape[1], sources.shape[1]
+    if keys.size == 0:
         return keys[:0].astype(numpy.int64), numpy.zeros((0, j, w), sources.dtype)
-    sorted_keys, order, first, starts = _segments(keys)
-    unique, count = sorted_keys[starts], starts.size
-    segment = numpy.cumsum(first) - 1
-    rank = numpy.arange(m) - starts[segment]
-    # Piece k of a key holds its elements k*SLOTS.. in order: the first pieces of
-    # all keys come first (piece = key's index), then the extra pieces.
-    extra = -(-numpy.diff(starts, append=m) // SLOTS) - 1
-    extra_start = count + numpy.cumsum(extra) - extra
-    chunk = rank // SLOTS
-    piece = numpy.where(chunk == 0, segment, extra_start[segment] + chunk - 1)
-    pieces = count + int(extra.sum())
-
-    place = piece * SLOTS + rank % SLOTS
-    index = numpy.full(pieces * SLOTS, sources.shape[0] - 1, dtype=numpy.intp)
-    index[place] = rows[order]
+    layout = _pieces(keys)
+    pieces, count, extra = layout.pieces, layout.count, layout.extra
     piece_weights = numpy.zeros((pieces * SLOTS, j), dtype=sources.dtype)
-    piece_weights[place] = weights[order]
-    # Indices are in bounds by construction; mode="clip" skips the bounds check.
-    gathered = numpy.take(sources, index, axis=0, mode="clip").reshape(pieces, SLOTS, w)
+    piece_weights[layout.place] = weights[layout.order]
     # One extra zero row, so that the pieces can be summed as sources in turn.
     piece_sums = numpy.empty((pieces + 1, j, w), dtype=sources.dtype)
     piece_sums[-1] = 0
-    numpy.matmul(piece_weights.reshape(pieces, SLOTS, j).transpose(0, 2, 1), gathered,
-                 out=piece_sums[:-1])
+    numpy.matmul(piece_weights.reshape(pieces, SLOTS, j).transpose(0, 2, 1),
+                 layout.gather(sources, rows), out=piece_sums[:-1])
     sums, most = piece_sums[:count], int(extra.max())
     if most <= _EXTRA_PASSES:
         for k in range(most):  # each pass adds one extra piece of every key that has one
             more = numpy.flatnonzero(extra > k)
-            sums[more] += piece_sums[extra_start[more] + k]
-        return unique, sums
-    piece_keys = numpy.concatenate([unique, numpy.repeat(unique, extra)])
+            sums[more] += piece_sums[layout.extra_start[more] + k]
+        return layout.unique, sums
+    piece_keys = layout.unique[layout.key_of_pieces()]
     _, sums = sums_by_key(piece_keys, piece_sums.reshape(pieces + 1, -1), numpy.arange(pieces),
                           numpy.ones((pieces, 1), dtype=sources.dtype))
-    return unique, sums.reshape(-1, j, w)
+    return layout.unique, sums.reshape(-1, j, w)
+
+
+def dots_by_key(keys, sources, rows, vectors):
+    """``dots[i] = sources[rows[i]] . vectors[keys[i]]`` for every element.
+
+    The elements of a key share its vector: laid out as in :func:`sums_by_key`,
+    each piece is one matrix-vector product, and no product row is stored.
+    ``sources`` must end with a zero row, as there.
+    """
+    if keys.size == 0:
+        return numpy.zeros(0, sources.dtype)
+    layout = _pieces(keys)
+    piece_vectors = numpy.take(vectors, layout.unique[layout.key_of_pieces()], axis=0)
+    piece_dots = numpy.matmul(layout.gather(sources, rows), piece_vectors[:, :, None])
+    dots = numpy.empty(keys.size, dtype=sources.dtype)
+    dots[layout.order] = piece_dots.reshape(-1)[layout.place]
+    return dots
