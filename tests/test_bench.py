@@ -485,7 +485,8 @@ def test_own_times_roi_ops_on_every_worker_against_one(tmp_path, monkeypatch):
     assert status == 0 and "WARNING" not in text, text
     assert "skipped: cudeform, 1 thread on Rt, Pt: cudeform has one worker here" in text
     assert [(r["op"], r["pass"], r["device"]) for r in rows] == [
-        ("deform_roi_pool", "fwd", "cpu (3 threads)"), ("deform_roi_pool", "bwd", "cpu (3 threads)"),
+        ("deform_roi_pool", "fwd", "cpu (3 threads)"),
+        ("deform_roi_pool", "bwd", "cpu (3 threads)"),
         ("deform_psroi_pool", "fwd", "cpu (3 threads)"),
         ("deform_psroi_pool", "bwd", "cpu (3 threads)")]  # the convolution is not theirs
     # The check compares the workers' results with one worker's: a wrong split shows.

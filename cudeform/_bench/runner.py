@@ -21,7 +21,6 @@ import dataclasses
 from typing import Optional
 
 from cudeform._bench import checks, memory, timing
-from cudeform._bench.cases import inputs
 from cudeform._bench.pairs import FORWARD_BACKWARD, Skip
 
 OP = "deform_conv2d"
@@ -96,7 +95,8 @@ def _ops(peer):
 
 def run_cases(cases, dtypes, peers, device, settings, listener):
     """Check, time and measure every pair of every peer on every case, thread count
-    and dtype; a peer only sees the cases of the ops in its ``timed_ops`` (default: the convolution)."""
+    and dtype; a peer only sees the cases of the ops in its ``timed_ops`` (default: the
+    convolution)."""
     for case in cases:
         arrays = case.arrays()
         for _, threads in _thread_settings(device):

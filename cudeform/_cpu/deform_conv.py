@@ -46,7 +46,8 @@ def _forward_part(g, order, grid, chunk, gemm_weight, bias, output, part):
     """The outputs ``output (n, C_out, H_out, W_out)`` of the pixels ``part`` of a chunk."""
     block_columns = conv_blocks.BlockColumns(g, chunk.data, order)
     for block in conv_blocks.pixel_blocks(g, part, chunk.data.dtype.itemsize):
-        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation, derivatives=False)
+        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation,
+                                              derivatives=False)
         _, columns = block_columns(sampling)
         out = order.grouped(block.of(output))
         numpy.matmul(gemm_weight, columns.transpose(0, 2, 1), out=out)
@@ -58,7 +59,8 @@ def _columns_part(g, order, grid, chunk, columns, part):
     """The GEMM columns ``columns (groups, n*P, K)`` of the pixels ``part`` of a chunk."""
     block_columns = conv_blocks.BlockColumns(g, chunk.data, order)
     for block in conv_blocks.pixel_blocks(g, part, chunk.data.dtype.itemsize):
-        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation, derivatives=False)
+        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation,
+                                              derivatives=False)
         block_columns(sampling, out=columns[:, block.pixels])
 
 
@@ -137,7 +139,8 @@ def _backward_part(g, order, grid, chunk, gemm_weight, grad_output, grad_offsets
     grad_columns = numpy.empty((block_columns.columns.shape[0] + 1, chunk.data.shape[1]),
                                chunk.data.dtype)
     for block in conv_blocks.pixel_blocks(g, part, chunk.data.dtype.itemsize):
-        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation, derivatives=True)
+        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation,
+                                              derivatives=True)
         values, columns = block_columns(sampling)
         block_grad_output = order.grouped(block.of(grad_output))
         numpy.matmul(block_grad_output, columns, out=block_grad_weight)

@@ -231,7 +231,8 @@ def _sample_ranges(g, bins, itemsize):
             else:  # the bin holding ``start`` has more than per_range samples left
                 b = numpy.searchsorted(bins.ends, start, side="right")
                 first = int(bins.starts[b])
-                stop = min(int(bins.ends[b]), first + ((start - first) // per_range + 1) * per_range)
+                cut = first + ((start - first) // per_range + 1) * per_range
+                stop = min(int(bins.ends[b]), cut)
         stop = min(stop, total)
         yield start, stop
         start = stop
