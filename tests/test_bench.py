@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 import types
@@ -17,7 +18,7 @@ import pytest
 
 import cudeform
 from cudeform import _bench
-from cudeform._bench import cases, checks, memory, runner, timing
+from cudeform._bench import cases, checks, memory, roi_cases, runner, timing
 from cudeform._bench.core_sides import core_sides
 from cudeform._bench.pairs import FORWARD, FORWARD_BACKWARD, Pair, Side, deform_names, labels
 from cudeform._bench.report import Report
@@ -31,8 +32,10 @@ DILATED = cases.Case("T2", "tiny, dilation 2, 2 offset groups", batch=2, in_chan
 
 
 def run_bench(tmp_path, tiny_cases, **options):
-    """``(exit status, printed text, JSON rows)`` of a CPU run on ``tiny_cases``."""
+    """``(exit status, printed text, JSON rows)`` of a CPU run on ``tiny_cases``, with
+    two workers unless ``thread_counts`` says otherwise."""
     out, path = io.StringIO(), tmp_path / "bench.json"
+    options.setdefault("thread_counts", (2,))
     status = _bench.run("cpu", tiny_cases, json_path=str(path), out=out, settings=FAST,
                         **options)
     return status, out.getvalue(), json.loads(path.read_text())
@@ -186,14 +189,19 @@ def test_cpu_run_rows_keys_ratios_and_skips(tmp_path):
     assert "WARNING" not in text and "FAILED" not in text
     assert rows and all(set(row) == JSON_KEYS for row in rows)  # memory stays out
     for row in rows:
-        assert row["device"] == "cpu" and row["dtype"] == "float32"
-        assert row["op"] == "deform_conv2d" and row["pass"] in ("fwd", "fwd+bwd")
+        assert row["device"] == "cpu (2 threads)" and row["dtype"] == "float32"
+        assert row["op"] == "deform_conv2d" and row["pass"] in ("fwd", "fwd+bwd", "bwd")
         assert row["ratio"] == pytest.approx(row["ms"] / row["peer_ms"], rel=1e-12)
     found = {(row["shape"].split(":")[0], row["peer"], row["pass"]) for row in rows}
     assert ("T1", "onnxruntime DeformConv", "fwd") in found
     assert ("T2", "onnxruntime DeformConv", "fwd") in found
     assert not any(peer == "onnxruntime DeformConv" and passes == "fwd+bwd"
                    for _, peer, passes in found)  # forward only
+    for shape in ("T1", "T2"):
+        assert (shape, "cudeform deform_conv2d (fwd)", "bwd") in found
+    if importlib.util.find_spec("openvino") is not None:
+        assert ("T1", "OpenVINO DeformableConvolution", "fwd") in found
+        assert ("T2", "OpenVINO DeformableConvolution", "fwd") in found
     if importlib.util.find_spec("chainer") is not None:
         assert ("T1 (DCNv1 form, mask dropped)", "chainer sampler", "fwd+bwd") in found
         assert not any(shape.startswith("T2") and peer == "chainer sampler"
@@ -201,41 +209,115 @@ def test_cpu_run_rows_keys_ratios_and_skips(tmp_path):
         assert "skipped: chainer sampler on T2: dilation 2 and 2 offset groups" in text
         memory_table = text.split("peak extra memory of forward+backward")[1]
         line = next(x for x in memory_table.splitlines() if "chainer sampler" in x)
-        assert line.split()[1:5] == ["T1", "(DCNv1", "form)", "float32"]
+        assert line.split()[1:7] == ["T1", "(DCNv1", "form)", "float32", "cpu", "(2"]
         assert "n/a" not in line  # both NumPy-based: tracemalloc sees both
     assert "peak extra memory of forward+backward" in text
     assert "below 1 means cudeform is faster" in text
 
 
 def test_a_missing_peer_is_reported_as_skipped(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails: "halted"
-    monkeypatch.setitem(sys.modules, "chainer", None)
+    for name in ("onnxruntime", "openvino", "chainer", "torchvision"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails: "halted"
     monkeypatch.delitem(sys.modules, "cudeform.adapters.chainer", raising=False)
     status, text, rows = run_bench(tmp_path, [DCNV2])
     assert status == 0, text
     assert "skipped: onnxruntime DeformConv (not installed: import of onnxruntime halted" in text
+    assert "skipped: OpenVINO DeformableConvolution (not installed: import of openvino" in text
     assert "skipped: chainer sampler (not installed: import of chainer halted" in text
-    assert {row["peer"] for row in rows} <= {"torch conv2d (floor)"}
+    if importlib.util.find_spec("torch") is not None:
+        assert "skipped: torchvision deform_conv2d (not installed: " in text
+    assert {row["peer"] for row in rows} <= {"torch conv2d (floor)",
+                                             "cudeform deform_conv2d (fwd)"}
 
 
-def test_the_bench_imports_and_runs_without_any_peer(tmp_path):
-    blocked = ("torch", "torchvision", "chainer", "onnxruntime", "onnx", "cupy")
+def test_without_any_peer_the_bench_prints_cudeform_own_times(tmp_path):
+    blocked = ("torch", "torchvision", "chainer", "onnxruntime", "onnx", "openvino", "cupy")
     script = (f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
               "import cudeform._bench as bench\n"
               f"sys.exit(bench.main(['--quick', '--json', {str(tmp_path / 'b.json')!r}]))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "deform_conv2d on cpu (quick run)" in done.stdout  # auto: no CuPy, so cpu
-    for peer in ("onnxruntime DeformConv", "chainer sampler", "torch conv2d (floor)"):
+    assert "bench on cpu (quick run)" in done.stdout  # auto: no CuPy, so cpu
+    for peer in ("onnxruntime DeformConv", "OpenVINO DeformableConvolution",
+                 "chainer sampler", "torchvision deform_conv2d", "torch conv2d (floor)"):
         assert f"skipped: {peer} (not installed:" in done.stdout
-    assert json.loads((tmp_path / "b.json").read_text()) == []
+    rows = json.loads((tmp_path / "b.json").read_text())
+    own = {(row["op"], row["peer"], row["pass"]) for row in rows}
+    assert ("deform_conv2d", "cudeform deform_conv2d (fwd)", "bwd") in own
+    if _bench.parallel.worker_count() > 1:
+        for op in ("deform_roi_pool", "deform_psroi_pool"):
+            assert {(op, "cudeform, 1 thread", "fwd"), (op, "cudeform, 1 thread", "bwd")} <= own
+    assert all(set(row) == JSON_KEYS and row["ratio"] > 0 for row in rows)
+    table = done.stdout.split("peak extra memory")[0]
+    assert "cudeform deform_conv2d (fwd)" in table  # printed, not only in the JSON
 
 
-def test_device_cuda_without_a_gpu_exits_non_zero(monkeypatch, capsys):
-    monkeypatch.setattr(_bench.environment, "cuda_unavailable", lambda: "no GPU here")
+def test_help_is_plain_text_and_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as done:
+        _bench.main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # the help wraps lines
+    assert "``" not in text and "(default: auto)" in text and "--markdown FILE" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_device_cuda_without_a_gpu_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(_bench.environment, "cuda_unavailable",
+                        lambda: "no GPU here\nsecond line of a driver message")
     assert _bench.main(["--device", "cuda"]) == 2
-    assert "no GPU here" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error == ("python -m cudeform bench: error: --device cuda: there is no GPU to use "
+                     "(no GPU here)\n")
+
+
+@pytest.mark.parametrize("argv, environment, message", [
+    (["--no-such-option"], {}, "unrecognized arguments: --no-such-option (see --help)"),
+    (["--device", "tpu"], {}, "argument --device: invalid choice: 'tpu'"),
+    (["--quick"], {"CUDEFORM_NUM_THREADS": "many"},
+     "CUDEFORM_NUM_THREADS is not valid: expected a positive integer, got 'many'"),
+    (["--quick"], {"CUDEFORM_WORKSPACE_LIMIT": "lots"},
+     "CUDEFORM_WORKSPACE_LIMIT is not valid"),
+    (["--quick", "--json", "/no/such/folder/b.json"], {},
+     "--json /no/such/folder/b.json: cannot write it (No such file or directory)"),
+    (["--quick", "--markdown", "/"], {}, "--markdown /: cannot write it (Is a directory)"),
+])
+def test_usage_errors_are_one_line_with_status_2(argv, environment, message):
+    done = subprocess.run([sys.executable, "-m", "cudeform", "bench", *argv],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, **environment))
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("python -m cudeform bench: error: ")
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_thread_counts_reach_cudeform_and_the_peers(tmp_path):
+    seen = []
+
+    class CountingPeer(FakePeer):
+        def pairs(self, case, dtype, arrays):
+            seen.append(_bench.parallel.worker_count())
+            return super().pairs(case, dtype, arrays)
+
+    status, text, rows = run_bench(tmp_path, [DCNV2], peers=[CountingPeer()],
+                                   thread_counts=(1, 3))
+    assert status == 0, text
+    assert seen == [1, 3]
+    assert [row["device"] for row in rows] == ["cpu (1 thread)"] * 2 + ["cpu (3 threads)"] * 2
+
+
+def test_markdown_table_has_every_row_and_the_machine(tmp_path):
+    table = tmp_path / "bench.md"
+    status, text, rows = run_bench(tmp_path, [DCNV2], peers=[FakePeer()],
+                                   markdown_path=str(table))
+    lines = table.read_text().splitlines()
+    assert status == 0, text
+    assert lines[0].startswith("Measured ") and " on " in lines[0] and "numpy " in lines[0]
+    body = [line for line in lines if line.startswith("| deform_conv2d")]
+    assert len(body) == len(rows) == 2
+    assert body[0].startswith("| deform_conv2d | T1 | cpu (2 threads) | fwd | ")
+    assert "- T1: N=1, 4->6, 6x7" in table.read_text()
 
 
 # --- the torch side of the GPU peers, on CPU tensors -----------------------------------
@@ -364,3 +446,84 @@ def test_cases_cover_what_the_issue_asks_and_are_seeded():
     y = cudeform.deform_conv2d(first["input"], first["offset"], first["weight"], padding=1,
                                mask=first["mask"])
     assert y.shape == (1, 6, 6, 7)  # padding = dilation keeps the size
+
+
+# --- the CPU peers and cudeform's own times --------------------------------------------
+
+
+def test_openvino_peer_agrees_and_a_wrong_border_rule_is_caught(monkeypatch):
+    pytest.importorskip("openvino")
+    from cudeform._bench.openvino_peer import OpenVinoPeer
+
+    report = run_pairs(OpenVinoPeer().pairs(DCNV2, "float32", cases.inputs(DCNV2)) +
+                       OpenVinoPeer().pairs(DILATED, "float32", cases.inputs(DILATED)))
+    assert [row.passes for row in report.rows] == ["fwd", "fwd"]
+    assert not report.warnings and all(row.ratio > 0 for row in report.rows)
+    opset8 = sys.modules["openvino.opset8"]
+    real = opset8.deformable_convolution
+
+    def torchvision_border(*args, **options):  # samples near the border read differently
+        return real(*args, **dict(options, bilinear_interpolation_pad=False))
+
+    monkeypatch.setattr(opset8, "deformable_convolution", torchvision_border)
+    report = run_pairs(OpenVinoPeer().pairs(DCNV2, "float32", cases.inputs(DCNV2)))
+    assert len(report.warnings) == 1 and report.rows[0].ratio is None
+
+
+TINY_ROI = roi_cases.RoICase("Rt", "tiny", "deform_roi_pool", rois=6, channels=3, batch=2,
+                             height=5, width=6, spatial_scale=1 / 16, pooled=2, seed=7)
+TINY_PSROI = roi_cases.RoICase("Pt", "tiny", "deform_psroi_pool", rois=5, channels=2,
+                               batch=1, height=6, width=5, spatial_scale=1 / 16, pooled=3,
+                               seed=8)
+
+
+def test_own_times_roi_ops_on_every_worker_against_one(tmp_path, monkeypatch):
+    from cudeform._bench.own_times import OneWorker
+
+    status, text, rows = run_bench(tmp_path, [DCNV2, TINY_ROI, TINY_PSROI],
+                                   peers=[OneWorker()], thread_counts=(1, 3))
+    assert status == 0 and "WARNING" not in text, text
+    assert "skipped: cudeform, 1 thread on Rt, Pt: cudeform has one worker here" in text
+    assert [(r["op"], r["pass"], r["device"]) for r in rows] == [
+        ("deform_roi_pool", "fwd", "cpu (3 threads)"),
+        ("deform_roi_pool", "bwd", "cpu (3 threads)"),
+        ("deform_psroi_pool", "fwd", "cpu (3 threads)"),
+        ("deform_psroi_pool", "bwd", "cpu (3 threads)")]  # the convolution is not theirs
+    # The check compares the workers' results with one worker's: a wrong split shows.
+    from cudeform._cpu import deform_roi_pool
+
+    real = deform_roi_pool._forward_part
+
+    def shifted(g, data, rois, offset, output, part):
+        real(g, data, rois, offset, output, slice(part.start, max(part.start, part.stop - 1)))
+
+    monkeypatch.setattr(deform_roi_pool, "_forward_part", shifted)  # drops a RoI per worker
+    status, text, rows = run_bench(tmp_path, [TINY_ROI], peers=[OneWorker()],
+                                   thread_counts=(3,))
+    assert "WARNING: cudeform, 1 thread disagrees with cudeform on Rt float32 fwd" in text
+
+
+def test_environment_names_the_blas_and_its_kernels():
+    text = _bench.environment.versions()
+    assert "numpy " in text and "openvino " in text
+    blas = _bench.environment.blas()
+    assert blas == "BLAS unknown" or blas.split()[0] in ("OpenBLAS", "MKL", "blis")
+    assert f"with {blas}" in text
+
+
+def test_cpu_layers_and_roi_cases_are_the_ones_the_targets_name():
+    layers = [(c.batch, c.in_channels, c.height, c.width, c.out_channels, c.padding, c.mask)
+              for c in cases.CPU_LAYERS]
+    assert layers == [(4, 64, 56, 56, 64, 1, False), (2, 256, 28, 28, 256, 1, False),
+                      (1, 512, 14, 14, 512, 1, False)]
+    full = cases.cases_for("cpu", quick=False)
+    assert set(cases.CPU_LAYERS + roi_cases.ROI_CASES) <= set(full)
+    assert not set(cases.CPU_LAYERS) & set(cases.cases_for("cpu", quick=True))
+    assert [case.op for case in roi_cases.ROI_CASES] == ["deform_roi_pool", "deform_psroi_pool"]
+    for case in roi_cases.ROI_CASES:
+        assert (case.rois, case.channels, case.pooled) == (512, 256, 7)
+    small = roi_cases.QUICK_ROI_CASES[1]
+    arrays = small.arrays()
+    output = cudeform.deform_psroi_pool(arrays["input"], arrays["rois"], arrays["offset"],
+                                        **small.options())
+    assert output.shape == (small.rois, small.channels, 7, 7) and numpy.abs(output).max() > 0

@@ -110,7 +110,11 @@ def test_float32_backward_matches_float64():
                                       rtol=1e-3, atol=1e-3, err_msg=name)
 
 
-def test_chunked_batch_matches_whole_batch():
+@pytest.mark.parametrize("rearranges_weight", [True, False])
+def test_chunked_batch_matches_whole_batch(rearranges_weight, monkeypatch):
+    from cudeform._cpu import columns
+
+    monkeypatch.setattr(columns, "rearranges_weight", lambda g: rearranges_weight)
     rng = numpy.random.default_rng(7)
     case = conv_case(rng, batch=7, dtype=numpy.float64)
     arrays, opts = split_case(case)
@@ -126,6 +130,27 @@ def test_chunked_batch_matches_whole_batch():
     assert_close(chunked, whole, numpy.float64)
     for name in GRAD_NAMES:
         assert_close(getattr(chunked_grads, name), getattr(whole_grads, name), numpy.float64)
+
+
+@pytest.mark.parametrize("rearranges_weight", [True, False])
+def test_one_pixel_blocks_match_whole_images(rearranges_weight, monkeypatch):
+    """Blocks of one pixel, split over three workers, in both GEMM orders (the second
+    builds a chunk's columns first and splits the GEMMs by output channels)."""
+    from cudeform._cpu import columns, conv_blocks
+
+    monkeypatch.setattr(columns, "rearranges_weight", lambda g: rearranges_weight)
+    rng = numpy.random.default_rng(12)
+    case = conv_case(rng, batch=2, groups=2, offset_groups=2, out_channels=4)
+    arrays, opts = split_case(case)
+    grad_output = rng.standard_normal(cudeform.deform_conv2d(**case).shape)
+    whole = cudeform.deform_conv2d(**case)
+    whole_grads = cudeform.deform_conv2d_backward(grad_output, **arrays, **opts)
+    monkeypatch.setattr(conv_blocks, "BLOCK_BYTES", 1)  # one output pixel per block
+    monkeypatch.setenv("CUDEFORM_NUM_THREADS", "3")
+    assert_close(cudeform.deform_conv2d(**case), whole, numpy.float64)
+    grads = cudeform.deform_conv2d_backward(grad_output, **arrays, **opts)
+    for name in GRAD_NAMES:
+        assert_close(getattr(grads, name), getattr(whole_grads, name), numpy.float64)
 
 
 @pytest.mark.parametrize("threads", ["1", "3"])

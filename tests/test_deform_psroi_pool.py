@@ -166,7 +166,10 @@ def test_zero_offset_is_position_sensitive_pooling(name):
     zero = dict(arrays, offset=numpy.zeros_like(arrays["offset"]))
     without = dict(arrays, offset=None)
     result = cudeform.deform_psroi_pool(**zero, **options)
-    numpy.testing.assert_array_equal(result, cudeform.deform_psroi_pool(**without, **options))
+    # Equal to rounding: with an offset of several classes the NumPy path reads rows of
+    # one class's channels, without one rows of all channels, and BLAS sums each width
+    # its own way.
+    assert_close(result, cudeform.deform_psroi_pool(**without, **options))
     plain_options = {k: v for k, v in options.items() if k not in ("part_size", "trans_std")}
     assert_close(result, plain_psroi_pool(arrays["input"], arrays["rois"], **plain_options))
 
@@ -190,8 +193,8 @@ def test_whole_pixel_offsets_move_the_roi():
         moved[:, [1, 3]] += moves[:, cls, :1]
         moved[:, [2, 4]] += moves[:, cls, 1:]
         expected = cudeform.deform_psroi_pool(arrays["input"], moved, None, **options)
-        numpy.testing.assert_array_equal(result[:, 2 * cls:2 * cls + 2],
-                                         expected[:, 2 * cls:2 * cls + 2])
+        # To rounding: the two calls read rows of different widths (see above).
+        assert_close(result[:, 2 * cls:2 * cls + 2], expected[:, 2 * cls:2 * cls + 2])
 
 
 def test_roi_rounding_and_batch_truncation():

@@ -1,30 +1,36 @@
 """``python -m cudeform bench``: cudeform's deform_conv2d against every peer found
-on this machine, in one run.
+on this machine, in one run, and, on the CPU, its own backward/forward ratios and
+the RoI ops' speed-up on every core.
 
-Each pair (cudeform and one peer, on one layer, dtype and pass) is first checked
-for agreement, then timed interleaved with warm-up (medians), and its
-forward+backward measured for peak extra memory. See the modules:
+Each pair (cudeform and one peer, on one layer, thread count, dtype and pass) is
+first checked for agreement, then timed interleaved with warm-up (medians), and
+its forward+backward measured for peak extra memory. See the modules:
 
-- ``cases``: the layers (CPU: C1-C3; GPU: S1-S4 and their batch-16 versions);
+- ``cases``, ``roi_cases``: the layers (CPU: C1-C6; GPU: S1-S4 and their batch-16
+  versions) and the RoI pooling cases (CPU);
 - ``cpu_peers`` / ``gpu_peers``: which peers each device has, and how to sync it;
-- ``onnxruntime_peer``, ``chainer_peer``, ``torch_peers``, ``core_sides``: the calls;
+- ``onnxruntime_peer``, ``openvino_peer``, ``chainer_peer``, ``torch_peers``,
+  ``core_sides``, ``own_times``: the calls;
 - ``checks``, ``timing``, ``memory``: agreement, interleaved medians, peak memory;
-- ``runner``: check, time, measure; ``report``: tables and JSON.
+- ``runner``: check, time, measure; ``report``: tables, JSON and markdown.
 
 JSON rows have exactly the keys ``op, shape, dtype, device, pass, ms, peer,
 peer_ms, ratio``. ``ms`` and ``peer_ms`` are medians in milliseconds; ``ratio`` is
 ``ms / peer_ms`` (below 1: cudeform is faster), and null when the peer's results
 disagreed with cudeform's (``peer_ms`` is then still the measured median).
-Memory goes to its own printed table, not into the JSON.
+``device`` is ``cuda`` or ``cpu (N threads)``. Memory goes to its own printed
+table, not into the JSON.
 
 The exit status is 0 on success, 1 when cudeform itself failed on some pair,
-2 when ``--device cuda`` finds no GPU, 130 when interrupted.
+2 on a usage error (one line on stderr: a bad option or setting, an output file
+that cannot be written, ``--device cuda`` without a GPU), 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import cudeform
 from cudeform._bench import cases as cases_module
@@ -33,6 +39,7 @@ from cudeform._bench.imports import load_peers
 from cudeform._bench.report import Report
 from cudeform._bench.runner import run_cases
 from cudeform._bench.timing import Settings
+from cudeform._cpu import parallel
 
 SETTINGS = {
     # (device, quick): the CPU quick run stays under a minute on two cores, the full
@@ -44,55 +51,106 @@ SETTINGS = {
 }
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Plain help texts, with the default of every option that has one."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return f"{action.help} (default: {action.default})"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """A usage error is one line on stderr, exit status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m cudeform bench",
-        description="Time cudeform's deform_conv2d against every peer found on this machine "
-                    "(onnxruntime, Chainer, torch, torchvision, cuDNN), interleaved, after "
-                    "checking that their results agree.")
+        formatter_class=_HelpFormatter,
+        description="Time cudeform against every peer found on this machine (onnxruntime, "
+                    "OpenVINO, Chainer, torch, torchvision, cuDNN), interleaved, after "
+                    "checking that their results agree. On the CPU it also times "
+                    "cudeform's backward against its forward, and the RoI ops on every "
+                    "core against one.")
     parser.add_argument("--quick", action="store_true",
-                        help="fewer repeats; on the GPU only float32 and the batch-as-given "
-                             "layers")
+                        help="fewer repeats and the small layers only; on the GPU only "
+                             "float32 and the batch-as-given layers")
     parser.add_argument("--json", metavar="FILE",
                         help="write the rows as a JSON list (keys: op, shape, dtype, device, "
                              "pass, ms, peer, peer_ms, ratio)")
+    parser.add_argument("--markdown", metavar="FILE",
+                        help="write the rows as a markdown table, with the machine, the "
+                             "versions and the date")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when CuPy sees a GPU, else cpu")
     return parser
 
 
+def _usage_error(message):
+    print(f"python -m cudeform bench: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _first_line(text):
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _unwritable(path):
+    """Why ``path`` cannot be written (None when it can); it is created empty."""
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as error:
+        return error.strerror or _first_line(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:  # the settings the NumPy path reads, checked before any work
+        parallel.worker_count()
+        cudeform.workspace_limit()
+    except ValueError as error:
+        return _usage_error(_first_line(error))
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        why_not = path and _unwritable(path)
+        if why_not:
+            return _usage_error(f"{option} {path}: cannot write it ({why_not})")
     device = args.device
     if device != "cpu":
         why_not = environment.cuda_unavailable()
         if why_not is not None and device == "cuda":
-            print(f"--device cuda: no GPU ({why_not})", file=sys.stderr)
-            return 2
+            return _usage_error(f"--device cuda: there is no GPU to use "
+                                f"({_first_line(why_not)})")
         device = "cpu" if why_not is not None else "cuda"
     return run(device, cases_module.cases_for(device, args.quick), quick=args.quick,
-               json_path=args.json)
+               json_path=args.json, markdown_path=args.markdown)
 
 
-def _machine(device, quick):
+def _machine(device, quick, thread_counts):
     """The device's module (``cpu_peers`` or ``gpu_peers``), device object and dtypes."""
     if device == "cpu":
         from cudeform._bench import cpu_peers
 
-        return cpu_peers, cpu_peers.CpuDevice(), cpu_peers.DTYPES
+        return cpu_peers, cpu_peers.CpuDevice(quick, thread_counts), cpu_peers.DTYPES
     from cudeform._bench import gpu_peers
 
     dtypes = gpu_peers.QUICK_DTYPES if quick else gpu_peers.FULL_DTYPES
     return gpu_peers, gpu_peers.CudaDevice(), dtypes
 
 
-def run(device, cases, *, quick=False, json_path=None, out=None, settings=None, dtypes=None,
-        peers=None):
-    """Run the bench on ``cases`` (a sequence of :class:`cases.Case`); print to ``out``
-    (stdout by default). ``settings``, ``dtypes`` and ``peers`` default to the
-    device's; tests pass tiny cases, fast settings or fake peers. Returns the exit status."""
-    module, machine, default_dtypes = _machine(device, quick)
-    report = Report(out, json_path, module.MEMORY_NOTE)
+def run(device, cases, *, quick=False, json_path=None, markdown_path=None, out=None,
+        settings=None, dtypes=None, peers=None, thread_counts=None):
+    """Run the bench on ``cases`` (:class:`cases.Case` and :class:`roi_cases.RoICase`);
+    print to ``out`` (stdout by default). ``settings``, ``dtypes``, ``peers`` and the
+    CPU's ``thread_counts`` default to the device's (a full CPU run: 1 and all
+    workers); tests pass tiny cases, fast settings or fake peers. Returns the exit status."""
+    module, machine, default_dtypes = _machine(device, quick, thread_counts)
+    report = Report(out, json_path, module.MEMORY_NOTE, markdown_path)
     if peers is None:
         peers, missing = load_peers(module.LOADERS)
         for name, reason in missing:
@@ -114,10 +172,9 @@ def run(device, cases, *, quick=False, json_path=None, out=None, settings=None, 
 
 
 def _print_header(report, device, quick, settings, cases, module):
-    report.print(f"cudeform {cudeform.__version__} bench of deform_conv2d on {device} "
-                 f"({'quick' if quick else 'full'} run)")
-    report.print(f"machine: {environment.machine(device)}")
-    report.print(f"versions: {environment.versions()}")
+    report.print(f"cudeform {cudeform.__version__} bench on {device} "
+                 f"({'quick' if quick else 'full'} run), {time.strftime('%Y-%m-%d')}")
+    report.context(machine=environment.machine(device), versions=environment.versions())
     report.print(f"cudeform runs through {module.CUDEFORM_API}.")
     report.print(module.notes())
     report.print(f"timing: median of up to {settings.repeats} interleaved rounds (cudeform, peer, "
@@ -127,13 +184,15 @@ def _print_header(report, device, quick, settings, cases, module):
                                    if device == "cuda" else "."))
     report.print("fwd+bwd: the forward, then the backward with a gradient of ones, giving every "
                  "gradient on both sides (input, offset, weight, mask; the floors: input, "
-                 "weight).")
+                 "weight). bwd: the backward alone.")
     report.print("Before timing, the peer's results are checked against cudeform's (the "
                  "floors: against cudeform with zero offsets and no mask).")
-    report.print("ratio = cudeform ms / peer ms: below 1 means cudeform is faster.")
+    report.print("ratio = cudeform ms / peer ms: below 1 means cudeform is faster. Against "
+                 "'cudeform deform_conv2d (fwd)' it is backward / forward; against 'cudeform, "
+                 "1 thread' it is the time on all threads / on one (the speed-up is 1 / ratio).")
     report.print()
-    report.print("shapes (3x3 kernels, stride 1, padding = dilation so the output has the "
-                 "input's size; offsets ~ 2 px, masks in (0, 1)):")
+    report.print("shapes (convolutions: 3x3 kernels, stride 1, padding = dilation so the output "
+                 "has the input's size; offsets ~ 2 px, masks in (0, 1)):")
     for case in cases:
         report.print(f"  {case.name:7s} {case.geometry()} - {case.about}")
     report.print('  "(DCNv1 form)": the mask is dropped on both sides (Chainer\'s sampler has '

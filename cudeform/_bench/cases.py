@@ -1,4 +1,5 @@
-"""The layer shapes the benchmark times, and their seeded inputs.
+"""The layer shapes the benchmark times, and their seeded inputs (the RoI pooling
+cases are in ``roi_cases``).
 
 Every case is a 3x3 deformable convolution with stride 1 and padding equal to
 the dilation, so the output has the input's size. Offsets are about two pixels
@@ -29,10 +30,14 @@ class Case:
     offset_groups: int = 1
     mask: bool = False
     seed: int = 0
+    op = "deform_conv2d"
 
     @property
     def padding(self):
         return self.dilation
+
+    def arrays(self):
+        return inputs(self)
 
     def geometry(self, mask=None):
         """Shape in words, e.g.
@@ -80,6 +85,16 @@ CPU_CASES = (
          offset_groups=4, seed=3),
 )
 
+# Layers of ResNet-like widths at full size: where the CPU path meets the C++ engines.
+CPU_LAYERS = (
+    Case("C4", "64 channels at 56x56 (a ResNet stage-2 width)", batch=4, in_channels=64,
+         out_channels=64, height=56, width=56, seed=4),
+    Case("C5", "256 channels at 28x28", batch=2, in_channels=256, out_channels=256,
+         height=28, width=28, seed=5),
+    Case("C6", "512 channels at 14x14", batch=1, in_channels=512, out_channels=512,
+         height=14, width=14, seed=6),
+)
+
 GPU_CASES = (
     Case("S1", "R-FCN ResNet-101 res5", batch=1,
          in_channels=512, out_channels=512, height=38, width=63, dilation=2,
@@ -96,7 +111,11 @@ GPU_CASES_BATCH_16 = tuple(case.with_batch(16, "-b16") for case in GPU_CASES)
 
 
 def cases_for(device, quick):
-    """The cases of a run: the GPU's batch-16 layers only in a full run."""
+    """The cases of a run: on the CPU, the full-size layers and RoI cases only in a full
+    run (a quick one has small RoI cases); on the GPU, the batch-16 layers only in a
+    full run."""
+    from cudeform._bench.roi_cases import QUICK_ROI_CASES, ROI_CASES
+
     if device == "cpu":
-        return CPU_CASES
+        return CPU_CASES + QUICK_ROI_CASES if quick else CPU_CASES + CPU_LAYERS + ROI_CASES
     return GPU_CASES if quick else GPU_CASES + GPU_CASES_BATCH_16

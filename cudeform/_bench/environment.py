@@ -13,6 +13,7 @@ LIBRARIES = (
     ("numpy", ("numpy",)),
     ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
     ("onnx", ("onnx",)),
+    ("openvino", ("openvino",)),
     ("chainer", ("chainer",)),
     ("torch", ("torch",)),
     ("torchvision", ("torchvision",)),
@@ -91,10 +92,29 @@ def version_of(distributions):
     return None
 
 
+def blas():
+    """NumPy's BLAS, e.g. ``OpenBLAS 0.3.31, Haswell kernels``: the kernels a
+    BLAS picks for the CPU set the speed of every GEMM of the NumPy path."""
+    try:
+        import threadpoolctl
+
+        info = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    except Exception:  # describing the BLAS must not stop the bench
+        info = []
+    if not info:
+        return "BLAS unknown"
+    name = {"openblas": "OpenBLAS", "mkl": "MKL"}.get(info[0].get("internal_api"),
+                                                      info[0].get("internal_api"))
+    kernels = info[0].get("architecture")
+    return f"{name} {info[0].get('version')}" + (f", {kernels} kernels" if kernels else "")
+
+
 def versions():
-    """``label version`` for each library, or ``label not installed``."""
+    """``label version`` for each library, or ``label not installed``; NumPy's BLAS."""
     parts = []
     for label, distributions in LIBRARIES:
         version = version_of(distributions)
         parts.append(f"{label} {version}" if version else f"{label} not installed")
+        if label == "numpy":
+            parts[-1] += f" with {blas()}"
     return ", ".join(parts)

@@ -1,9 +1,13 @@
-"""onnxruntime's ``DeformConv`` (opset 19, CPU, forward only) as a peer."""
+"""onnxruntime's ``DeformConv`` (opset 19, CPU, forward only) as a peer.
+
+The session runs as many intra-op threads as cudeform has workers, with
+``session.intra_op.allow_spinning = 0``: spinning workers would keep the cores busy
+after each run and slow the interleaved cudeform call that follows.
+"""
 
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy
 
@@ -11,6 +15,7 @@ from cudeform._bench.core_sides import core_sides
 from cudeform._bench.imports import optional
 from cudeform._bench.pairs import FORWARD, Pair, Side, Skip, deform_names, labels
 from cudeform._bench.cases import KERNEL
+from cudeform._cpu.parallel import worker_count
 
 NAME = "onnxruntime DeformConv"
 
@@ -21,10 +26,9 @@ class OnnxRuntimePeer:
     def __init__(self):
         self._onnxruntime = optional("onnxruntime")
         self._onnx = optional("onnx")
-        self.threads = os.cpu_count() or 1
 
-    @functools.lru_cache(maxsize=8)
-    def _session(self, padding, dilation, offset_groups, mask):
+    @functools.lru_cache(maxsize=16)
+    def _session(self, padding, dilation, offset_groups, mask, threads):
         helper, types = self._onnx.helper, self._onnx.TensorProto
         inputs = ["X", "W", "offset", "", "mask"] if mask else ["X", "W", "offset"]
         node = helper.make_node(
@@ -36,8 +40,7 @@ class OnnxRuntimePeer:
             [helper.make_tensor_value_info("Y", types.FLOAT, None)])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
         options = self._onnxruntime.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        # Idle workers spin by default and would slow the interleaved cudeform run.
+        options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return self._onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                   providers=["CPUExecutionProvider"])
@@ -45,7 +48,8 @@ class OnnxRuntimePeer:
     def pairs(self, case, dtype, arrays):
         if dtype != "float32":
             raise Skip("the bench builds float32 models only", scope="dtype")
-        session = self._session(case.padding, case.dilation, case.offset_groups, case.mask)
+        session = self._session(case.padding, case.dilation, case.offset_groups, case.mask,
+                                worker_count())
         feeds = {"X": arrays["input"], "W": arrays["weight"], "offset": arrays["offset"]}
         if case.mask:
             feeds["mask"] = arrays["mask"]

@@ -53,7 +53,7 @@ class Pair:
     the full description that goes into the JSON. ``reference`` replaces the
     cudeform side in the agreement check when the peer computes something
     related rather than the same thing (the plain-convolution floor is checked
-    against cudeform with zero offsets).
+    against cudeform with zero offsets). ``op`` names the op timed (the JSON's ``op``).
     """
 
     label: str
@@ -65,6 +65,7 @@ class Pair:
     other: Side
     names: Sequence[str]
     reference: Optional[Side] = None
+    op: str = "deform_conv2d"
 
 
 def deform_names(passes, mask):

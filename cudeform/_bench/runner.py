@@ -1,7 +1,7 @@
 """Runs the pairs: agreement check, interleaved timing, then peak memory.
 
-For each case the float32 inputs are drawn once; for each dtype and peer the
-peer builds its pairs, and each pair is
+For each case the float32 inputs are drawn once; for each thread count (on the
+CPU), dtype and peer the peer builds its pairs, and each pair is
 
 1. checked: cudeform's results (or its ``reference``) against the peer's. An
    exception on cudeform's side is a failure of cudeform (the run exits
@@ -16,11 +16,11 @@ The runner reports through a listener (:class:`cudeform._bench.report.Report`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Optional
 
 from cudeform._bench import checks, memory, timing
-from cudeform._bench.cases import inputs
 from cudeform._bench.pairs import FORWARD_BACKWARD, Skip
 
 OP = "deform_conv2d"
@@ -55,6 +55,7 @@ class MemoryRow:
     cudeform_bytes: Optional[int]
     peer: str
     peer_bytes: Optional[int]
+    device: str = ""
 
 
 class _SideFailed(Exception):
@@ -80,28 +81,56 @@ def describe(error):
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _thread_settings(device):
+    """``(threads, context)`` for each thread count the device runs: the CPU sets its
+    workers (and the peers follow), the GPU has none."""
+    for threads in getattr(device, "thread_counts", (None,)):
+        yield threads, (device.threads(threads) if threads is not None
+                        else contextlib.nullcontext())
+
+
+def _ops(peer):
+    return getattr(peer, "timed_ops", (OP,))
+
+
 def run_cases(cases, dtypes, peers, device, settings, listener):
-    """Check, time and measure every pair of every peer on every case and dtype."""
+    """Check, time and measure every pair of every peer on every case, thread count
+    and dtype; a peer only sees the cases of the ops in its ``timed_ops`` (default: the
+    convolution)."""
     for case in cases:
-        arrays = inputs(case)
-        for dtype in dtypes:
-            for peer in peers:
-                where = f"{case.name} {dtype}"
-                try:
-                    pairs = peer.pairs(case, dtype, arrays)
-                except Skip as reason:
-                    listener.skipped(peer.name, str(reason),
-                                     dtype if reason.scope == "dtype" else case.name)
-                    continue
-                except Exception as error:  # a peer that cannot even set up is skipped
-                    listener.skipped(peer.name, f"set-up failed: {describe(error)}", where)
-                    continue
-                try:
-                    for pair in pairs:
-                        run_pair(pair, device, settings, listener)
-                finally:
-                    del pairs
-                    device.release()
+        arrays = case.arrays()
+        for _, threads in _thread_settings(device):
+            with threads:
+                _run_case(case, arrays, dtypes, peers, device, settings, listener)
+
+
+def _run_case(case, arrays, dtypes, peers, device, settings, listener):
+    for dtype in dtypes:
+        for peer in peers:
+            if getattr(case, "op", OP) not in _ops(peer):
+                continue
+            where = f"{case.name} {dtype}"
+            try:
+                pairs = peer.pairs(case, dtype, arrays)
+            except Skip as reason:
+                listener.skipped(peer.name, str(reason),
+                                 dtype if reason.scope == "dtype" else case.name)
+                continue
+            except Exception as error:  # a peer that cannot even set up is skipped
+                listener.skipped(peer.name, f"set-up failed: {describe(error)}", where)
+                continue
+            try:
+                for pair in pairs:
+                    run_pair(pair, device, settings, listener)
+            finally:
+                del pairs
+                device.release()
+
+
+def device_label(device):
+    """The JSON's ``device``: ``cuda``, or ``cpu (N threads)``."""
+    label = getattr(device, "label", None)
+    return label() if label is not None else device.name
 
 
 def _where(pair):
@@ -140,13 +169,14 @@ def run_pair(pair, device, settings, listener):
                              _where(pair))
         return
     ratio = None if problems or measured.second_ms <= 0 else measured.first_ms / measured.second_ms
-    listener.row(Row(OP, pair.label, pair.shape, pair.dtype, device.name, pair.passes,
-                     measured.first_ms, pair.peer, measured.second_ms, ratio))
+    listener.row(Row(getattr(pair, "op", OP), pair.label, pair.shape, pair.dtype,
+                     device_label(device), pair.passes, measured.first_ms, pair.peer,
+                     measured.second_ms, ratio))
     if pair.passes == FORWARD_BACKWARD:
-        listener.memory(MemoryRow(OP, pair.label, pair.dtype,
+        listener.memory(MemoryRow(pair.op, pair.label, pair.dtype,
                                   _peak(pair.cudeform, device, listener, "cudeform", pair),
                                   pair.peer, _peak(pair.other, device, listener, pair.peer,
-                                                   pair)))
+                                                   pair), device_label(device)))
 
 
 def _peak(side, device, listener, who, pair):

@@ -32,15 +32,16 @@ class Corners:
 
     index: numpy.ndarray      # int64, flat padded index of the (y0, x0) corner
     steps: tuple              # flat offsets of the four corners
-    weight: numpy.ndarray     # (4, ...) bilinear weights, 0 outside the range
-    weight_dy: object         # (4, ...) d weight / d y, or None if not asked for
-    weight_dx: object         # (4, ...) d weight / d x, or None if not asked for
+    weight: numpy.ndarray     # (..., 4) bilinear weights, 0 outside the range
+    inside: numpy.ndarray     # bool, whether the point is inside the range
+    fractions: object         # (hy, ly, hx, lx), 0 outside the range, if derivatives asked
 
 
 def zero_padded_corners(y, x, height, width, derivatives=False):
     """Corners of points ``(y, x)`` under the DCNv2 border rule (see module doc).
 
-    The weights' derivatives are computed only when ``derivatives`` is true.
+    With ``derivatives``, the interpolation fractions are kept for
+    :func:`coordinate_gradients`.
     """
     with numpy.errstate(invalid="ignore"):
         inside = (y > -1) & (y < height) & (x > -1) & (x < width)
@@ -49,10 +50,10 @@ def zero_padded_corners(y, x, height, width, derivatives=False):
     x = numpy.where(inside, x, zero)
     y_floor = numpy.floor(y)
     x_floor = numpy.floor(x)
-    ly = y - y_floor
+    ly = y - y_floor  # 0 outside, as y and x are
     lx = x - x_floor
-    hy = 1 - ly
-    hx = 1 - lx
+    hy = numpy.where(inside, 1 - ly, zero)
+    hx = numpy.where(inside, 1 - lx, zero) if derivatives else 1 - lx
     padded_width = padded_size(width)
     index = numpy.where(
         inside,
@@ -60,14 +61,21 @@ def zero_padded_corners(y, x, height, width, derivatives=False):
         + x_floor.astype(numpy.int64) + PAD_BEFORE,
         (height + PAD_BEFORE) * padded_width + width + PAD_BEFORE,
     )
-    inside = inside.astype(y.dtype)
-    weight = numpy.stack([hy * hx, hy * lx, ly * hx, ly * lx]) * inside
-    weight_dy = weight_dx = None
-    if derivatives:
-        weight_dy = numpy.stack([-hx, -lx, hx, lx]) * inside
-        weight_dx = numpy.stack([-hy, hy, -ly, ly]) * inside
+    weight = numpy.empty(y.shape + (4,), dtype=y.dtype)
+    for q, (wy, wx) in enumerate(((hy, hx), (hy, lx), (ly, hx), (ly, lx))):
+        numpy.multiply(wy, wx, out=weight[..., q])
     steps = (0, 1, padded_width, padded_width + 1)
-    return Corners(index, steps, weight, weight_dy, weight_dx)
+    return Corners(index, steps, weight, inside, (hy, ly, hx, lx) if derivatives else None)
+
+
+def coordinate_gradients(corner_grads, corners):
+    """Gradients ``(d/dy, d/dx)`` of a sample whose corner ``q`` has gradient
+    ``corner_grads[..., q]`` (the derivative of the bilinear weights; 0 outside)."""
+    hy, ly, hx, lx = corners.fractions
+    g00, g01, g10, g11 = (corner_grads[..., q] for q in range(4))
+    grad_y = (g10 - g00) * hx + (g11 - g01) * lx
+    grad_x = (g01 - g00) * hy + (g11 - g10) * ly
+    return grad_y, grad_x
 
 
 @dataclasses.dataclass
@@ -85,9 +93,10 @@ class PlaneCorners:
 
 
 def _plane_corners(y, x, rows, cols, width, dwy, dwx, valid, derivatives):
-    """Weights of corners (rows[a], cols[b]) of points (y, x); q = 2a + b."""
-    ly = y - rows[0]
-    lx = x - cols[0]
+    """Weights of corners (rows[a], cols[b]) of points (y, x); q = 2a + b, in the
+    dtype of ``y`` (the integer corner coordinates are exact in it)."""
+    ly = y - rows[0].astype(y.dtype)
+    lx = x - cols[0].astype(x.dtype)
     wy = (1 - ly, ly)
     wx = (1 - lx, lx)
     valid = valid.astype(y.dtype)

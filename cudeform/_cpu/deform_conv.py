@@ -1,71 +1,27 @@
 """Deformable convolution in vectorised NumPy.
 
-Layout: the input is stored channels-last with zero borders and viewed as rows
-of ``C_in / dg`` channels, one row per (image, padded pixel, offset group), so
-each bilinear corner of a sampling point is one contiguous row to gather.
-Offsets and mask are reordered pixel-major, so that a block of output pixels
-is a contiguous slice of them.
-
-Output pixels are processed in cache-sized blocks, split over the cores. A
-block's sampling points, corner values and columns ``(pixels, taps * C_in)``
-are built in the worker's buffers and multiplied by the weight (one GEMM per
-weight group), so the full column matrix is never stored. The backward is
-the transpose of each step; the input gradient is scattered back onto the
-rows, repeated rows summed after one sort per block with ``numpy.add.reduceat``.
+The images of a call are processed in chunks, and the output pixels of a chunk in
+blocks split over the cores (see :mod:`cudeform._cpu.conv_blocks` for the layouts).
+One GEMM per weight group writes a block's outputs straight into the NCHW result,
+so neither the full column matrix nor a transposed output is stored; when the
+weight is the larger GEMM operand (:mod:`cudeform._cpu.columns`), the chunk's
+columns are built first and the GEMM is split by output channels. The backward is
+the transpose of each step: two GEMMs read the NCHW output gradient in place, and
+the input gradient is scattered back onto the rows by
+:func:`cudeform._cpu.scatter.sums_by_key`.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
 import numpy
 
+from cudeform._cpu import conv_blocks
 from cudeform._cpu import parallel
-from cudeform._cpu.bilinear import PAD_BEFORE, padded_size, zero_padded_corners
-from cudeform._workspace import batch_chunks
-
-# Bytes of gathered corner values in one block of pixels.
-_BLOCK_BYTES = 2**22
-
-
-def _padded_rows(images, offset_groups):
-    """``images (n, C, H, W)`` as zero-bordered channel-last rows ``(n*Hp*Wp*dg, C/dg)``."""
-    n, channels, height, width = images.shape
-    padded = numpy.zeros((n, padded_size(height), padded_size(width), channels),
-                         dtype=images.dtype)
-    padded[:, PAD_BEFORE:PAD_BEFORE + height, PAD_BEFORE:PAD_BEFORE + width] = (
-        images.transpose(0, 2, 3, 1))
-    return padded.reshape(-1, channels // offset_groups)
-
-
-def _pixel_major(g, offset, mask):
-    """Offsets as ``(n*P, taps, dg, 2)`` (dy, dx) and mask as ``(n*P, taps, dg)``."""
-    n, taps, dg, plane = offset.shape[0], g.taps, g.offset_groups, g.out_h * g.out_w
-    offsets = offset.reshape(n, dg, taps, 2, plane).transpose(0, 4, 2, 1, 3)
-    offsets = numpy.ascontiguousarray(offsets).reshape(n * plane, taps, dg, 2)
-    if mask is not None:
-        mask = numpy.ascontiguousarray(mask.reshape(n, dg, taps, plane).transpose(0, 3, 2, 1))
-        mask = mask.reshape(n * plane, taps, dg)
-    return offsets, mask
-
-
-def _from_pixel_major(g, values, channels):
-    """Inverse of :func:`_pixel_major` for ``(n*P, taps, dg[, 2])`` arrays."""
-    plane = g.out_h * g.out_w
-    n = values.shape[0] // plane
-    values = values.reshape(n, plane, g.taps, g.offset_groups, -1).transpose(0, 3, 2, 4, 1)
-    return values.reshape(n, channels, g.out_h, g.out_w)
-
-
-@dataclasses.dataclass
-class _Sampling:
-    """Where the points of a block sample; points ordered (pixel, tap, offset group)."""
-
-    corners: object          # bilinear.Corners, arrays shaped (pixels, taps, dg)
-    rows: numpy.ndarray      # (points,) data row of each point's first corner
-    row_steps: tuple         # row offsets of the four corners
-    weights: numpy.ndarray   # (points, 1, 4) corner weights, times the mask if any
-    modulation: object       # mask as (pixels, taps, dg), or None
+from cudeform._cpu.bilinear import PAD_BEFORE, coordinate_gradients, padded_size
+from cudeform._cpu.columns import ColumnOrder
+from cudeform._cpu.scatter import sums_by_key
 
 
 def grid_positions(g, ho, wo, dtype):
@@ -81,203 +37,241 @@ def grid_positions(g, ho, wo, dtype):
             (wo * g.stride_w - g.pad_w + j * g.dilation_w).astype(dtype))
 
 
-def _sampling(g, pixels, offsets, mask, derivatives):
-    """Sampling points of the output pixels ``pixels`` (a slice over n*P)."""
-    dtype, dg = offsets.dtype, g.offset_groups
+def _plane_grid(g, dtype):
+    """:func:`grid_positions` of every output pixel of a plane, each ``(P, taps)``."""
+    return grid_positions(g, *numpy.divmod(numpy.arange(g.out_h * g.out_w), g.out_w), dtype)
+
+
+def _forward_part(g, order, grid, chunk, gemm_weight, bias, output, part):
+    """The outputs ``output (n, C_out, H_out, W_out)`` of the pixels ``part`` of a chunk."""
+    block_columns = conv_blocks.BlockColumns(g, chunk.data, order)
+    for block in conv_blocks.pixel_blocks(g, part, chunk.data.dtype.itemsize):
+        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation,
+                                              derivatives=False)
+        _, columns = block_columns(sampling)
+        out = order.grouped(block.of(output))
+        numpy.matmul(gemm_weight, columns.transpose(0, 2, 1), out=out)
+        if bias is not None:
+            out += bias
+
+
+def _columns_part(g, order, grid, chunk, columns, part):
+    """The GEMM columns ``columns (groups, n*P, K)`` of the pixels ``part`` of a chunk."""
+    block_columns = conv_blocks.BlockColumns(g, chunk.data, order)
+    for block in conv_blocks.pixel_blocks(g, part, chunk.data.dtype.itemsize):
+        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation,
+                                              derivatives=False)
+        block_columns(sampling, out=columns[:, block.pixels])
+
+
+def _output_channels_part(g, gemm_weight, columns, bias, output, part):
+    """The output channels ``part`` (of each group) of every image of a chunk."""
     plane = g.out_h * g.out_w
-    index = numpy.arange(pixels.start, pixels.stop)
-    image, pixel = index // plane, index % plane
-    base_y, base_x = grid_positions(g, pixel // g.out_w, pixel % g.out_w, dtype)
-    block = offsets[pixels]
-    corners = zero_padded_corners(base_y[:, :, None] + block[..., 0],
-                                  base_x[:, :, None] + block[..., 1], g.height, g.width,
-                                  derivatives)
-
-    padded_plane = padded_size(g.height) * padded_size(g.width)
-    group = numpy.arange(dg)
-    rows = ((image[:, None, None] * padded_plane + corners.index) * dg + group).reshape(-1)
-    modulation = None if mask is None else mask[pixels]
-    weights = corners.weight if modulation is None else corners.weight * modulation
-    weights = numpy.ascontiguousarray(weights.reshape(4, -1).T)[:, None, :]
-    row_steps = tuple(step * dg for step in corners.steps)
-    return _Sampling(corners, rows, row_steps, weights, modulation)
-
-
-def _blocks(g, pixels, data):
-    """Slices of at most a block of output pixels, covering the slice ``pixels``."""
-    step = max(1, _BLOCK_BYTES // (4 * g.taps * g.offset_groups * data[0].nbytes))
-    for start in range(pixels.start, pixels.stop, step):
-        yield slice(start, min(pixels.stop, start + step))
-
-
-def _grouped(g, columns):
-    """Block columns ``(points, 1, C/dg)`` as ``(groups, pixels, taps * C_in/groups)``."""
-    pixels = columns.size // (g.taps * g.in_channels)
-    split = columns.reshape(pixels, g.taps, g.groups, g.in_channels // g.groups)
-    return split.transpose(2, 0, 1, 3).reshape(g.groups, pixels, -1)
-
-
-def _ungrouped(g, grouped):
-    """Inverse of :func:`_grouped`, as ``(points, C/dg, 1)``."""
-    split = grouped.reshape(g.groups, -1, g.taps, g.in_channels // g.groups)
-    columns = numpy.ascontiguousarray(split.transpose(1, 2, 0, 3))
-    return columns.reshape(-1, g.in_channels // g.offset_groups, 1)
-
-
-class _BlockColumns:
-    """One worker's builder of block columns, in buffers it reuses for every block."""
-
-    def __init__(self, g, data):
-        self.g = g
-        self.data = data
-        points = g.taps * g.offset_groups * next(_blocks(g, slice(0, 1 << 62), data)).stop
-        self.values = numpy.empty((4, points, data.shape[1]), data.dtype)
-        self.columns = numpy.empty((points, 1, data.shape[1]), data.dtype)
-
-    def __call__(self, sampling):
-        """Corner values ``(points, 4, C/dg)`` and grouped columns of a block."""
-        count = sampling.rows.size
-        for q, step in enumerate(sampling.row_steps):
-            # Rows are in bounds by construction (see bilinear.py); mode="clip"
-            # skips the bounds check and the buffered copy of the default mode.
-            numpy.take(self.data, sampling.rows + step, axis=0, out=self.values[q, :count],
-                       mode="clip")
-        values = self.values[:, :count].transpose(1, 0, 2)
-        numpy.matmul(sampling.weights, values, out=self.columns[:count])
-        return values, _grouped(self.g, self.columns[:count])
-
-
-def _gemm_weight(g, weight):
-    """Weight as ``(groups, taps * C_in/groups, C_out/groups)``, matching :func:`_grouped`."""
-    per_group = weight.reshape(g.groups, g.out_channels // g.groups,
-                               g.in_channels // g.groups, g.taps)
-    return numpy.ascontiguousarray(per_group.transpose(0, 3, 2, 1)).reshape(
-        g.groups, g.taps * (g.in_channels // g.groups), -1)
-
-
-def _chunks(g, itemsize):
-    # Per image: the padded input (and one input gradient per worker in the
-    # backward) plus offsets, mask and their gradients.
-    padded = g.in_channels * padded_size(g.height) * padded_size(g.width)
-    sampling = 6 * g.taps * g.offset_groups * g.out_h * g.out_w
-    per_image = itemsize * (padded * (1 + parallel.worker_count()) + sampling)
-    return batch_chunks(g.batch, per_image)
+    for image in range(output.shape[0]):
+        out = output[image].reshape(g.groups, -1, plane)[:, part]
+        numpy.matmul(gemm_weight[:, part],
+                     columns[:, image * plane:(image + 1) * plane].transpose(0, 2, 1), out=out)
+        if bias is not None:
+            out += bias[:, part]
 
 
 def forward(input, offset, weight, bias, mask, g):
     """``deform_conv2d`` on C-contiguous NumPy arrays of one dtype, validated into ``g``."""
     output = numpy.empty(g.output_shape, dtype=input.dtype)
-    weight_gemm = _gemm_weight(g, weight)
-    plane = g.out_h * g.out_w
-    for start, stop in _chunks(g, input.dtype.itemsize):
-        n = stop - start
-        data = _padded_rows(input[start:stop], g.offset_groups)
-        offsets, modulation = _pixel_major(g, offset[start:stop],
-                                           None if mask is None else mask[start:stop])
-        result = numpy.empty((g.groups, n * plane, weight_gemm.shape[2]), dtype=input.dtype)
-
-        def work(part):
-            block_columns = _BlockColumns(g, data)
-            for pixels in _blocks(g, part, data):
-                sampling = _sampling(g, pixels, offsets, modulation, derivatives=False)
-                _, columns = block_columns(sampling)
-                numpy.matmul(columns, weight_gemm, out=result[:, pixels])
-
-        parallel.split(n * plane, work)
-        result = result.reshape(g.groups, n, plane, -1).transpose(1, 0, 3, 2)
-        output[start:stop] = result.reshape(n, g.out_channels, g.out_h, g.out_w)
-    if bias is not None:
-        output += bias.reshape(1, -1, 1, 1)
+    order = ColumnOrder(g, weight)
+    gemm_weight = order.weight()
+    bias = None if bias is None else bias.reshape(g.groups, -1, 1)
+    grid = _plane_grid(g, input.dtype)
+    for start, stop in conv_blocks.image_chunks(g, input.dtype.itemsize, backward=False):
+        chunk = conv_blocks.chunk_layouts(g, input, offset, mask, start, stop)
+        pixels = chunk.offsets.shape[0]
+        if order.tap_major:
+            parallel.split(pixels, functools.partial(
+                _forward_part, g, order, grid, chunk, gemm_weight, bias, output[start:stop]))
+            continue
+        # The weight is the larger operand: all the chunk's columns (smaller than the
+        # weight), then the GEMM split by output channels.
+        columns = numpy.empty((g.groups, pixels, gemm_weight.shape[2]), dtype=input.dtype)
+        parallel.split(pixels, functools.partial(_columns_part, g, order, grid, chunk, columns))
+        parallel.split(gemm_weight.shape[1], functools.partial(
+            _output_channels_part, g, gemm_weight, columns, bias, output[start:stop]))
     return output
 
 
 def _scatter(grad_rows, sampling, grad_columns):
     """Add each point's column gradient, times its corner weights, onto its corner rows.
 
-    The four corners of a point are shifts of its first corner, so one sort of
-    the first-corner rows groups every corner's repeated rows.
+    ``grad_columns`` has one row per point and a zero row after them. Points
+    outside the map (zero weights, all on one padding row) are left out.
     """
-    order = numpy.argsort(sampling.rows, kind="stable")
-    sorted_rows = sampling.rows[order]
-    starts = numpy.flatnonzero(numpy.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
-    unique_rows = sorted_rows[starts]
-    sorted_grad = grad_columns[order]
-    sorted_weights = sampling.weights[order, 0]
+    live = numpy.flatnonzero(sampling.corners.inside)
+    rows, sums = sums_by_key(sampling.rows[live], grad_columns, live, sampling.weights[live])
     for q, step in enumerate(sampling.row_steps):
-        contributions = sorted_grad * sorted_weights[:, q, None]
-        grad_rows[unique_rows + step] += numpy.add.reduceat(contributions, starts, axis=0)
+        grad_rows[rows + step] += sums[:, q]
 
 
-def _coordinate_grads(dots, sampling):
+def _point_gradients(values, grad_columns, sampling):
     """Gradients ``(pixels, taps, dg)`` of the sampling positions (dy, dx) and of the mask.
 
-    ``dots[i, q]`` is the sum over the group's channels of the column gradient
-    times corner ``q`` of point ``i``.
+    ``values (points, 4, C/dg)`` are the corner values, ``grad_columns`` the
+    points' column gradients.
     """
     corners = sampling.corners
-    dots = dots.reshape(-1, 4).T.reshape(corners.weight.shape)
-    grad_y = numpy.einsum("q...,q...->...", dots, corners.weight_dy)
-    grad_x = numpy.einsum("q...,q...->...", dots, corners.weight_dx)
-    grad_m = numpy.einsum("q...,q...->...", dots, corners.weight)
+    corner_grads = numpy.matmul(values, grad_columns[:, :, None]).reshape(
+        corners.weight.shape)  # d loss / d (corner weight), per corner
+    grad_y, grad_x = coordinate_gradients(corner_grads, corners)
+    grad_m = numpy.einsum("...q,...q->...", corner_grads, corners.weight)
     if sampling.modulation is not None:
         grad_y *= sampling.modulation
         grad_x *= sampling.modulation
     return grad_y, grad_x, grad_m
 
 
+def _backward_part(g, order, grid, chunk, gemm_weight, grad_output, grad_offsets,
+                   grad_modulation, part):
+    """Gradients of the pixels ``part`` of a chunk: the position and mask gradients
+    are written into ``grad_offsets`` and ``grad_modulation`` (pixel-major); returns
+    this part's input-row and weight gradients, summed by the caller."""
+    block_columns = conv_blocks.BlockColumns(g, chunk.data, order)
+    grad_rows = numpy.zeros_like(chunk.data)
+    grad_weight = numpy.zeros_like(gemm_weight)
+    block_grad_weight = numpy.empty_like(gemm_weight)
+    grad_columns = numpy.empty((block_columns.columns.shape[0] + 1, chunk.data.shape[1]),
+                               chunk.data.dtype)
+    for block in conv_blocks.pixel_blocks(g, part, chunk.data.dtype.itemsize):
+        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation,
+                                              derivatives=True)
+        values, columns = block_columns(sampling)
+        block_grad_output = order.grouped(block.of(grad_output))
+        numpy.matmul(block_grad_output, columns, out=block_grad_weight)
+        grad_weight += block_grad_weight
+        points = sampling.rows.size
+        order.point_gradients(block_grad_output, gemm_weight, grad_columns[:points])
+        grad_columns[points] = 0
+        grad_y, grad_x, grad_modulation[block.pixels] = _point_gradients(
+            values, grad_columns[:points], sampling)
+        grad_offsets[block.pixels, ..., 0] = grad_y
+        grad_offsets[block.pixels, ..., 1] = grad_x
+        _scatter(grad_rows, sampling, grad_columns[:points + 1])
+    return grad_rows, grad_weight
+
+
+def _phase_columns(g, order, grid, chunk, columns, values, part):
+    """Columns and corner values of the pixels ``part`` of a chunk; returns their
+    blocks and samplings."""
+    block_columns = conv_blocks.BlockColumns(g, chunk.data, order)
+    samplings = []
+    for block in conv_blocks.pixel_blocks(g, part, chunk.data.dtype.itemsize):
+        sampling = conv_blocks.block_sampling(g, grid, block, chunk.offsets, chunk.modulation,
+                                              derivatives=True)
+        block_columns(sampling, out=columns[:, block.pixels], values=values[block.points(g)])
+        samplings.append((block, sampling))
+    return part.start, samplings
+
+
+def _phase_grad_weight(g, grad_output, columns, grad_gemm_weight, first_chunk, part):
+    """The weight gradient's output channels ``part`` (of each group): written by the
+    first image of the first chunk, added in by the others."""
+    plane = g.out_h * g.out_w
+    for image in range(grad_output.shape[0]):
+        grad = grad_output[image].reshape(g.groups, -1, plane)[:, part]
+        image_columns = columns[:, image * plane:(image + 1) * plane]
+        if first_chunk and image == 0:
+            numpy.matmul(grad, image_columns, out=grad_gemm_weight[:, part])
+        else:
+            grad_gemm_weight[:, part] += numpy.matmul(grad, image_columns)
+
+
+def _phase_grad_columns(g, grad_output, gemm_weight, grad_columns, part):
+    """Columns ``part`` (of K) of the column gradients of every pixel of a chunk."""
+    plane = g.out_h * g.out_w
+    for image in range(grad_output.shape[0]):
+        grad = grad_output[image].reshape(g.groups, -1, plane).transpose(0, 2, 1)
+        numpy.matmul(grad, gemm_weight[:, :, part],
+                     out=grad_columns[:, image * plane:(image + 1) * plane, part])
+
+
+def _phase_points(g, order, chunk, samplings, values, grad_columns, grad_offsets,
+                  grad_modulation, part):
+    """Position, mask and input gradients of the pixels ``part``, as in
+    :func:`_backward_part`; returns the part's input-row gradients."""
+    grad_rows = numpy.zeros_like(chunk.data)
+    points = g.taps * g.offset_groups * conv_blocks.block_pixels(g, chunk.data.dtype.itemsize)
+    point_grads = numpy.empty((points + 1, chunk.data.shape[1]), chunk.data.dtype)
+    for block, sampling in samplings[part.start]:
+        count = sampling.rows.size
+        order.points(grad_columns[:, block.pixels], point_grads[:count])
+        point_grads[count] = 0
+        grad_y, grad_x, grad_modulation[block.pixels] = _point_gradients(
+            values[block.points(g)], point_grads[:count], sampling)
+        grad_offsets[block.pixels, ..., 0] = grad_y
+        grad_offsets[block.pixels, ..., 1] = grad_x
+        _scatter(grad_rows, sampling, point_grads[:count + 1])
+    return grad_rows
+
+
+def _backward_in_phases(g, order, grid, chunk, gemm_weight, grad_output, grad_gemm_weight,
+                        first_chunk, grad_offsets, grad_modulation):
+    """The backward of a chunk when the weight is the larger GEMM operand: the
+    chunk's columns and corner values (smaller than the weight) first, then the
+    weight gradient split by output channels and the column gradients by columns,
+    so that each worker reads and writes only its part of the weight; then the
+    points' gradients by pixels. Returns the workers' input-row gradients."""
+    pixels, dtype = chunk.offsets.shape[0], chunk.data.dtype
+    columns = numpy.empty((g.groups, pixels, gemm_weight.shape[2]), dtype=dtype)
+    values = numpy.empty((pixels * g.taps * g.offset_groups, 4, chunk.data.shape[1]), dtype)
+    samplings = dict(parallel.split(pixels, functools.partial(
+        _phase_columns, g, order, grid, chunk, columns, values)))
+    parallel.split(gemm_weight.shape[1], functools.partial(
+        _phase_grad_weight, g, grad_output, columns, grad_gemm_weight, first_chunk))
+    grad_columns = columns  # the columns are not needed any more
+    parallel.split(gemm_weight.shape[2], functools.partial(
+        _phase_grad_columns, g, grad_output, gemm_weight, grad_columns))
+    return parallel.split(pixels, functools.partial(
+        _phase_points, g, order, chunk, samplings, values, grad_columns, grad_offsets,
+        grad_modulation))
+
+
 def backward(grad_output, input, offset, weight, bias, mask, g):
     """Gradients ``(input, offset, weight, bias, mask)`` of ``deform_conv2d``."""
     dtype = input.dtype
-    height, width, dg = g.height, g.width, g.offset_groups
-    plane = g.out_h * g.out_w
+    height, width = g.height, g.width
     grad_input = numpy.empty(input.shape, dtype=dtype)
     grad_offset = numpy.empty(offset.shape, dtype=dtype)
     grad_mask = None if mask is None else numpy.empty(mask.shape, dtype=dtype)
-    weight_gemm = _gemm_weight(g, weight)
-    grad_weight_gemm = numpy.zeros_like(weight_gemm)
+    order = ColumnOrder(g, weight)
+    gemm_weight = order.weight()
+    grad_gemm_weight = numpy.zeros_like(gemm_weight)
+    grid = _plane_grid(g, dtype)
 
-    for start, stop in _chunks(g, dtype.itemsize):
+    for start, stop in conv_blocks.image_chunks(g, dtype.itemsize, backward=True):
         n = stop - start
-        data = _padded_rows(input[start:stop], dg)
-        offsets, modulation = _pixel_major(g, offset[start:stop],
-                                           None if mask is None else mask[start:stop])
-        grad_out = grad_output[start:stop].reshape(n, g.groups, -1, plane).transpose(1, 0, 3, 2)
-        grad_out = numpy.ascontiguousarray(grad_out).reshape(g.groups, n * plane, -1)
-        grad_offsets = numpy.empty_like(offsets)
-        grad_modulation = numpy.empty(offsets.shape[:-1], dtype=dtype)
-
-        def work(part):
+        chunk = conv_blocks.chunk_layouts(g, input, offset, mask, start, stop)
+        grad_offsets = numpy.empty_like(chunk.offsets)
+        grad_modulation = numpy.empty(chunk.offsets.shape[:-1], dtype=dtype)
+        if order.tap_major:
             # Each worker sums its own input and weight gradients: no shared writes.
-            block_columns = _BlockColumns(g, data)
-            grad_rows = numpy.zeros_like(data)
-            grad_weight = numpy.zeros_like(weight_gemm)
-            for pixels in _blocks(g, part, data):
-                sampling = _sampling(g, pixels, offsets, modulation, derivatives=True)
-                values, columns = block_columns(sampling)
-                block_grad_out = grad_out[:, pixels]
-                grad_weight += numpy.matmul(columns.transpose(0, 2, 1), block_grad_out)
-                grad_columns = _ungrouped(g, numpy.matmul(block_grad_out,
-                                                          weight_gemm.transpose(0, 2, 1)))
-                grad_y, grad_x, grad_modulation[pixels] = _coordinate_grads(
-                    numpy.matmul(values, grad_columns), sampling)
-                grad_offsets[pixels, ..., 0] = grad_y
-                grad_offsets[pixels, ..., 1] = grad_x
-                _scatter(grad_rows, sampling, grad_columns[:, :, 0])
-            return grad_rows, grad_weight
-
-        partial_grads = parallel.split(n * plane, work)
-        grad_rows = sum(rows for rows, _ in partial_grads)
-        grad_weight_gemm += sum(weight for _, weight in partial_grads)
+            partial_grads = parallel.split(chunk.offsets.shape[0], functools.partial(
+                _backward_part, g, order, grid, chunk, gemm_weight, grad_output[start:stop],
+                grad_offsets, grad_modulation))
+            for _, weight_part in partial_grads:
+                grad_gemm_weight += weight_part
+            partial_rows = [rows for rows, _ in partial_grads]
+        else:
+            partial_rows = _backward_in_phases(
+                g, order, grid, chunk, gemm_weight, grad_output[start:stop], grad_gemm_weight,
+                start == 0, grad_offsets, grad_modulation)
+        grad_rows = partial_rows[0]
+        for rows in partial_rows[1:]:
+            grad_rows += rows
 
         grad_padded = grad_rows.reshape(n, padded_size(height), padded_size(width), -1)
         grad_input[start:stop] = grad_padded[
             :, PAD_BEFORE:PAD_BEFORE + height, PAD_BEFORE:PAD_BEFORE + width].transpose(0, 3, 1, 2)
-        grad_offset[start:stop] = _from_pixel_major(g, grad_offsets, offset.shape[1])
+        grad_offset[start:stop] = conv_blocks.from_pixel_major(g, grad_offsets, offset.shape[1])
         if grad_mask is not None:
-            grad_mask[start:stop] = _from_pixel_major(g, grad_modulation, mask.shape[1])
+            grad_mask[start:stop] = conv_blocks.from_pixel_major(g, grad_modulation, mask.shape[1])
 
-    grad_weight = grad_weight_gemm.reshape(
-        g.groups, g.taps, g.in_channels // g.groups, -1).transpose(0, 3, 2, 1)
-    grad_weight = numpy.ascontiguousarray(grad_weight).reshape(weight.shape)
+    grad_weight = order.natural_weight(grad_gemm_weight)
     grad_bias = None if bias is None else grad_output.sum(axis=(0, 2, 3)).astype(dtype)
     return grad_input, grad_offset, grad_weight, grad_bias, grad_mask

@@ -1,25 +1,35 @@
 """Deformable position-sensitive RoI pooling in vectorised NumPy (OPS_SPEC section 3).
 
-RoIs are processed in chunks bounded by the workspace limit. A sample's position
-depends on its output channel only through the channel's class, so positions
-and bilinear corners are built once per (RoI, class, bin, sample), shaped
-``(rois, classes, P, P, S*S)`` (P = pooled_size, S = sample_per_part); corner
-values are then gathered per (RoI, class, channel of the class, bin, sample).
-Every product and sum that decides where a sample lies is computed in the same
-order as in ``kernels/deform_psroi_pool.cu``, so both paths skip the same samples.
+A sample's position depends on its output channel only through the channel's
+class, and the input channel an output reads depends only on its channel and
+its bin's group cell. So the input is stored as rows of the channels of one
+class, one row per (image, group cell, pixel, class): every bilinear corner of
+a sample is one contiguous row for all the channels of its class. Positions and
+corners are built once per (RoI, class, bin, sample), every bin has the same
+``S*S`` samples, and a bin's output is one ``take`` of its ``4*S*S`` corner rows
+and one small matrix product with their weights. Every product and sum that
+decides where a sample lies is computed in the same order as in
+``kernels/deform_psroi_pool.cu``, so both paths skip the same samples; skipped
+samples read a zero row.
 
-The input gradient is scattered with ``numpy.bincount``; the offset gradient of
-a part cell is the sum over the bins that map to it, taken as a product with
-one-hot (part cell x bin) matrices.
+The RoIs are split over the workers (:mod:`cudeform._cpu.parallel`), in chunks
+within each worker's share of the workspace limit. The input gradient is the
+bins' gradients, times the corner weights, summed per input row by
+:func:`cudeform._cpu.scatter.sums_by_key`; the offset gradient of a part cell is
+the sum over the bins that map to it, taken as a product with one-hot (part
+cell x bin) matrices.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy
 
+from cudeform._cpu import parallel
 from cudeform._cpu.bilinear import clamped_corners
+from cudeform._cpu.scatter import sums_by_key
 from cudeform._workspace import batch_chunks
 
 
@@ -41,12 +51,11 @@ def part_cells(g, dtype):
     return numpy.minimum(cells, g.part_size - 1)
 
 
-def input_channels(g):
-    """Input channel of each output ``(class, channel of the class, ph, pw)``."""
+def group_cells(g):
+    """Group cell ``gh * G + gw`` of each bin ``(ph, pw)``, as a ``(P, P)`` array."""
     bins = numpy.arange(g.pooled_size)
-    group = numpy.minimum(bins * g.group_size // g.pooled_size, g.group_size - 1)
-    ctop = numpy.arange(g.output_dim).reshape(g.num_classes, g.channels_each_class)
-    return (ctop[:, :, None, None] * g.group_size + group[:, None]) * g.group_size + group
+    cell = numpy.minimum(bins * g.group_size // g.pooled_size, g.group_size - 1)
+    return cell[:, None] * g.group_size + cell
 
 
 @dataclasses.dataclass
@@ -54,6 +63,7 @@ class _Samples:
     """The samples of a chunk of RoIs; skipped samples have zero weights."""
 
     batch: numpy.ndarray      # (rois,) image of each RoI (0 for a RoI that pools to zero)
+    kept: numpy.ndarray       # (rois, classes, P, P, S*S) whether a sample is not skipped
     count: numpy.ndarray      # (rois, classes, P, P) samples not skipped, per bin
     corners: object           # PlaneCorners, arrays (4, rois, classes, P, P, S*S)
     roi_w: numpy.ndarray      # (rois,) RoI size on the feature map
@@ -113,34 +123,58 @@ def _samples(g, rois, offset, derivatives):
     if derivatives:
         corners.weight_dy *= keep
         corners.weight_dx *= keep
-    return _Samples(batch, inside.sum(axis=-1), corners, roi_w, roi_h)
+    return _Samples(batch, inside, inside.sum(axis=-1), corners, roi_w, roi_h)
 
 
-def _plane_starts(g, samples):
-    """Flat input index of each output's plane, ``(rois, classes, channels/class, P, P, 1)``."""
-    channels = input_channels(g)
-    starts = (samples.batch[:, None, None, None, None] * g.channels + channels) * (
-        g.height * g.width)
-    return starts[..., None]
+def _channel_rows(g, input):
+    """``input (N, output_dim*G*G, H, W)`` as rows ``(N*G*G*H*W*classes + 1, C/class)``:
+    row ``(((n*G + gh)*G + gw)*H*W + pixel)*classes + class`` holds the channels of
+    the class that bins of group cell ``(gh, gw)`` read; the last row is zero."""
+    n, size = input.shape[0], g.group_size
+    rows = numpy.empty((n * size * size * g.height * g.width * g.num_classes + 1,
+                        g.channels_each_class), dtype=input.dtype)
+    rows[-1] = 0
+    by_cell = input.reshape(n, g.num_classes, g.channels_each_class, size, size,
+                            g.height, g.width)
+    planes = rows[:-1].reshape(n, size, size, g.height, g.width, g.num_classes, -1)
+
+    def copy(cell_rows):  # a slice of the (image, gh) pairs
+        for image, gh in (divmod(k, size) for k in range(cell_rows.start, cell_rows.stop)):
+            planes[image, gh] = by_cell[image, :, :, gh].transpose(2, 3, 4, 0, 1)
+
+    parallel.split(n * size, copy)
+    return rows
 
 
-def _gather(input_flat, starts, corners, q):
-    """Values of corner ``q`` of every sample, per channel of each class.
+def _corner_rows(g, samples):
+    """Data row of every corner of every sample, ``(rois, classes, P, P, 4*S*S)``
+    ordered (corner, sample) along the last axis; skipped samples read the zero row."""
+    plane = g.height * g.width
+    first = (samples.batch[:, None, None] * g.group_size ** 2 + group_cells(g)) * plane
+    rows = ((first[None, :, None, :, :, None] + samples.corners.index) * g.num_classes
+            + numpy.arange(g.num_classes)[:, None, None, None])
+    rows = numpy.where(samples.kept, rows, _zero_row(g))
+    return numpy.moveaxis(rows, 0, -2).reshape(*rows.shape[1:-1], -1)
 
-    Indices are in bounds by construction (skipped samples read index 0 of their
-    plane); mode="clip" skips numpy's bounds check and buffered copy.
-    """
-    return numpy.take(input_flat, starts + corners.index[q][:, :, None], mode="clip")
+
+def _zero_row(g):
+    return g.batch * g.group_size ** 2 * g.height * g.width * g.num_classes
 
 
-def _chunks(g, itemsize):
-    # Per RoI and corner: index, scatter weight (as float64 in bincount), value and
-    # product arrays per (channel, bin, sample); positions and the four corners
-    # (index, weight, two slopes) per (class, bin, sample).
+def _corner_weights(values, rois):
+    """``values (4, rois, classes, P, P, S*S)`` as ``(rois, classes, P, P, 1, 4*S*S)``."""
+    return numpy.moveaxis(values, 0, -2).reshape(*values.shape[1:-1], 1, -1)
+
+
+def _chunks(g, itemsize, part):
+    """RoI ranges covering the slice ``part`` of the RoIs, each within one worker's
+    share of the workspace limit."""
+    # Per RoI: the gathered corner rows and their weights and products per bin, and
+    # positions and the four corners (index, weight, two slopes) per sample.
     samples = g.pooled_size ** 2 * g.sample_per_part ** 2
-    per_roi = samples * (g.output_dim * (32 + 2 * itemsize)
-                         + g.num_classes * (64 + 16 * itemsize))
-    return batch_chunks(g.rois, per_roi)
+    per_roi = samples * (g.output_dim * 6 * itemsize + g.num_classes * (96 + 24 * itemsize))
+    for start, stop in batch_chunks(part.stop - part.start, per_roi * parallel.worker_count()):
+        yield part.start + start, part.start + stop
 
 
 def _slice(array, start, stop):
@@ -148,10 +182,27 @@ def _slice(array, start, stop):
 
 
 def _per_sample(values, count):
-    """``values / count`` per bin, broadcast over the channels of each class; 0 where a
-    bin has no sample (the mean of no sample is 0)."""
-    count = count[:, :, None].astype(values.dtype)
+    """``values (rois, classes, P, P, C/class)`` divided by the samples of their bin;
+    0 where a bin has no sample (the mean of no sample is 0)."""
+    count = count[..., None].astype(values.dtype)
     return numpy.divide(values, count, out=numpy.zeros_like(values), where=count > 0)
+
+
+def _by_class(g, array):
+    """``(rois, output_dim, P, P)`` as the view ``(rois, classes, P, P, C/class)``."""
+    n, size = array.shape[0], g.pooled_size
+    return array.reshape(n, g.num_classes, g.channels_each_class, size, size).transpose(
+        0, 1, 3, 4, 2)
+
+
+def _forward_part(g, data, rois, offset, output, part):
+    """The outputs of the RoIs ``part`` (a slice), written into ``output``."""
+    for start, stop in _chunks(g, data.dtype.itemsize, part):
+        samples = _samples(g, rois[start:stop], _slice(offset, start, stop), False)
+        # Indices are in bounds by construction; mode="clip" skips the bounds check.
+        values = numpy.take(data, _corner_rows(g, samples), axis=0, mode="clip")
+        sums = numpy.matmul(_corner_weights(samples.corners.weight, stop - start), values)
+        _by_class(g, output[start:stop])[...] = _per_sample(sums[..., 0, :], samples.count)
 
 
 def forward(input, rois, offset, g):
@@ -159,17 +210,8 @@ def forward(input, rois, offset, g):
     output = numpy.zeros(g.output_shape, dtype=input.dtype)
     if input.size == 0:  # no image: every RoI pools to zero
         return output
-    input_flat = input.reshape(-1)
-    for start, stop in _chunks(g, input.dtype.itemsize):
-        samples = _samples(g, rois[start:stop], _slice(offset, start, stop), False)
-        starts = _plane_starts(g, samples)
-        total = 0
-        for q in range(4):
-            total = total + numpy.einsum("rkjabs,rkabs->rkjab",
-                                         _gather(input_flat, starts, samples.corners, q),
-                                         samples.corners.weight[q])
-        output[start:stop] = _per_sample(total, samples.count).reshape(
-            stop - start, *g.output_shape[1:])
+    parallel.split(g.rois, functools.partial(_forward_part, g, _channel_rows(g, input), rois,
+                                             offset, output))
     return output
 
 
@@ -180,35 +222,35 @@ def _part_sum(g, grad, dtype):
     return numpy.einsum("up,rkpq,vq->rkuv", one_hot, grad, one_hot)
 
 
-def backward(grad_output, input, rois, offset, g):
-    """Gradients ``(input, offset)`` of ``deform_psroi_pool``; ``offset``'s is None without one."""
-    dtype = input.dtype
-    grad_offset = None if offset is None else numpy.zeros(offset.shape, dtype=dtype)
-    if input.size == 0:
-        return numpy.zeros_like(input), grad_offset
-    grad_flat = numpy.zeros(input.size, dtype=numpy.float64)
-    input_flat = input.reshape(-1)
-    shape = (g.num_classes, g.channels_each_class, g.pooled_size, g.pooled_size)
-    for start, stop in _chunks(g, dtype.itemsize):
+def _backward_part(g, data, grad_output, rois, offset, grad_offset, part):
+    """Gradients of the RoIs ``part``: the offsets' are written into ``grad_offset``;
+    returns this part's input gradient as data rows, summed by the caller."""
+    dtype = data.dtype
+    grad_rows = numpy.zeros_like(data)
+    for start, stop in _chunks(g, dtype.itemsize, part):
         n = stop - start
         samples = _samples(g, rois[start:stop], _slice(offset, start, stop), offset is not None)
-        starts = _plane_starts(g, samples)
-        corners = samples.corners
-        # Gradient of each output divided by its bin's sample count (the mean).
-        grad = _per_sample(grad_output[start:stop].reshape(n, *shape), samples.count)
-        grad_x = grad_y = 0
-        for q in range(4):
-            grad_flat += numpy.bincount(
-                (starts + corners.index[q][:, :, None]).reshape(-1),
-                (grad[..., None] * corners.weight[q][:, :, None]).reshape(-1),
-                minlength=input.size)
-            if offset is not None:
-                # Sum over the channels of each class, then weight by the corner slopes.
-                dots = numpy.einsum("rkjabs,rkjab->rkabs",
-                                    _gather(input_flat, starts, corners, q), grad)
-                grad_x = grad_x + numpy.einsum("rkabs,rkabs->rkab", dots, corners.weight_dx[q])
-                grad_y = grad_y + numpy.einsum("rkabs,rkabs->rkab", dots, corners.weight_dy[q])
+        corners, rows = samples.corners, _corner_rows(g, samples)
+        # Gradient of each output divided by its bin's sample count (the mean), per bin,
+        # with a zero row after them.
+        grad_bins = numpy.zeros((samples.count.size + 1, g.channels_each_class), dtype=dtype)
+        grad = grad_bins[:-1].reshape(*samples.count.shape, -1)
+        grad[...] = _per_sample(_by_class(g, grad_output[start:stop]), samples.count)
+        weights = _corner_weights(corners.weight, n)
+        elements = rows.size // samples.count.size  # 4*S*S per bin
+        keep = rows.reshape(-1) != _zero_row(g)
+        present, sums = sums_by_key(rows.reshape(-1)[keep], grad_bins,
+                                    numpy.repeat(numpy.arange(samples.count.size),
+                                                 elements)[keep],
+                                    weights.reshape(-1, 1)[keep])
+        grad_rows[present] += sums[:, 0]
         if offset is not None:
+            values = numpy.take(data, rows, axis=0, mode="clip")
+            slopes = numpy.concatenate([_corner_weights(corners.weight_dx, n),
+                                        _corner_weights(corners.weight_dy, n)], axis=-2)
+            # Each corner row dotted with its bin's gradient first: no (2, C) products.
+            grad_x, grad_y = numpy.moveaxis(
+                numpy.matmul(slopes, numpy.matmul(values, grad[..., None]))[..., 0], -1, 0)
             # d w / d offset = trans_std * roi_w (only where a bin has samples, so the
             # RoI size is finite).
             t = dtype.type
@@ -221,4 +263,42 @@ def backward(grad_output, input, rois, offset, g):
             pairs = grad_offset[start:stop].reshape(n, g.num_classes, 2, g.part_size, -1)
             pairs[:, :, 0] = _part_sum(g, grad_x, dtype)
             pairs[:, :, 1] = _part_sum(g, grad_y, dtype)
-    return grad_flat.reshape(input.shape).astype(dtype), grad_offset
+    return grad_rows
+
+
+def _summed_input(g, input, parts):
+    """The sum of the workers' gradient rows ``parts``, as an array shaped like ``input``."""
+    n, size = input.shape[0], g.group_size
+    grad_input = numpy.empty(input.shape, dtype=input.dtype)
+    by_cell = grad_input.reshape(n, g.num_classes, g.channels_each_class, size, size,
+                                 g.height, g.width)
+    planes = [part[:-1].reshape(n, size, size, g.height, g.width, g.num_classes, -1)
+              for part in parts]
+
+    def add(cell_rows):  # a slice of the (image, gh) pairs
+        for image, gh in (divmod(k, size) for k in range(cell_rows.start, cell_rows.stop)):
+            total = planes[0][image, gh]
+            if len(planes) > 1:
+                total = numpy.add(total, planes[1][image, gh])
+                for plane in planes[2:]:
+                    total += plane[image, gh]
+            by_cell[image, :, :, gh] = total.transpose(3, 4, 0, 1, 2)
+
+    parallel.split(n * size, add)
+    return grad_input
+
+
+def backward(grad_output, input, rois, offset, g):
+    """Gradients ``(input, offset)`` of ``deform_psroi_pool``; ``offset``'s is None without one.
+
+    The RoIs are split over the workers; each sums its own input gradient, and
+    those are added in worker order, so results are reproducible for a given
+    number of workers (and equal to within rounding for different numbers).
+    """
+    dtype = input.dtype
+    grad_offset = None if offset is None else numpy.zeros(offset.shape, dtype=dtype)
+    if input.size == 0:
+        return numpy.zeros_like(input), grad_offset
+    parts = parallel.split(g.rois, functools.partial(
+        _backward_part, g, _channel_rows(g, input), grad_output, rois, offset, grad_offset))
+    return _summed_input(g, input, parts), grad_offset

@@ -5,17 +5,18 @@ The sampling grid of a bin depends on its RoI (``sampling_ratio=0`` picks
 into one list ordered by bin: the cumulative sum of the per-bin sample counts
 and ``searchsorted`` give each sample its bin and its place in the bin's grid.
 The four corners of every sample are rows of the input stored channel-last,
-gathered with ``take`` and summed per bin with ``numpy.add.reduceat``. The
-backward first sums, for each (bin, input row) pair, the weights of the corners
-of the bin's samples that fall on that row (the entries of a sparse bins x rows
-matrix); it scatters the bins' gradients times those weights onto the rows after
-a sort, summing repeated rows with ``numpy.add.reduceat``, and sums the offset
-gradient per bin the same way. No ``numpy.add.at``, no loop over RoIs, bins or
+merged per (bin, row) pair with their weights summed, then weighted and summed per
+bin by :func:`cudeform._cpu.scatter.sums_by_key`. The
+backward is the bins' gradients, times the corner weights, summed per input row
+(the input gradient), and each pair's input row dotted with its bin's gradient
+(:func:`cudeform._cpu.scatter.dots_by_key`), times the weights' slopes and summed
+per bin (the offset gradient). No ``numpy.add.at``, no loop over RoIs, bins or
 channels.
 
-Memory stays near the workspace limit: RoIs are processed in chunks, and the
-samples of a chunk of RoIs in chunks of samples, since one large RoI can hold
-more samples than the limit allows.
+The RoIs are split over the CPU's cores (:mod:`cudeform._cpu.parallel`), each
+worker's memory near its share of the workspace limit: RoIs are processed in
+chunks, and the samples of a chunk of RoIs in ranges of samples, since one large
+RoI can hold more samples than the limit allows.
 
 Bad RoIs (batch index outside [0, N) after truncation toward zero, NaN or
 infinite corners or size) have no samples. A bin visits only the window of its
@@ -28,16 +29,19 @@ operation; see that file for the rules.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy
 
+from cudeform._cpu import parallel
 from cudeform._cpu.bilinear import roi_align_corners
-from cudeform._workspace import batch_chunks
+from cudeform._cpu.scatter import dots_by_key, merge_by_key, sums_by_key
+from cudeform._workspace import batch_chunks, workspace_limit
 
 # Bytes per bin of the per-bin arrays below, besides its rows of C channels.
 _BIN_BYTES = 160
-# Bytes per sample of indices, positions, corners and pairs, besides its rows of C channels.
-_SAMPLE_BYTES = 512
+# Bytes per sample of indices, positions and corners, besides its rows of C channels.
+_SAMPLE_BYTES = 1024
 
 
 def _sample_window(start, step, grid, size):
@@ -135,17 +139,18 @@ def _bins(g, rois, offset):
 
 
 @dataclasses.dataclass
-class _Samples:
-    """Samples ``start:stop`` of the flat list that land on the map, ordered by bin."""
+class _Pairs:
+    """The (bin, input row) pairs of samples ``start:stop`` of the flat list: the
+    entries of the pooling's sparse (bins x rows) matrix. The corners of a bin's
+    samples that fall on one row are merged, their weights summed."""
 
-    bin: numpy.ndarray       # (S,) bin of each sample, nondecreasing
-    rows: numpy.ndarray      # (4, S) channel-last input row of each corner
-    corners: object          # bilinear.PlaneCorners of the samples
-    segments: numpy.ndarray  # first sample of each bin present
-    bins: numpy.ndarray      # the bins present, one per segment
+    bin: numpy.ndarray       # (P,) bin of each pair
+    rows: numpy.ndarray      # (P,) channel-last input row
+    weight: numpy.ndarray    # (P, 1) summed bilinear weights
+    slopes: object           # (P, 2) summed d weight / d (y, x), or None
 
 
-def _samples(g, bins, start, stop, derivatives):
+def _pairs(g, bins, start, stop, derivatives):
     real = bins.start_y.dtype.type
     index = numpy.arange(start, stop)
     b = numpy.searchsorted(bins.ends, index, side="right")
@@ -155,63 +160,82 @@ def _samples(g, bins, start, stop, derivatives):
     corners = roi_align_corners(y, x, g.height, g.width, derivatives)
     # Bilinear weights sum to 1 on the map and are all 0 off it: keep the samples on it.
     inside = numpy.flatnonzero(corners.weight.sum(axis=0) > 0)
-    if inside.size < index.size:
-        b = b[inside]
-        corners.index, corners.weight = corners.index[:, inside], corners.weight[:, inside]
-        if derivatives:
-            corners.weight_dy = corners.weight_dy[:, inside]
-            corners.weight_dx = corners.weight_dx[:, inside]
-    rows = bins.image[b] * (g.height * g.width) + corners.index
-    segments = numpy.flatnonzero(numpy.r_[True, b[1:] != b[:-1]]) if b.size else b
-    return _Samples(b, rows, corners, segments, b[segments])
-
-
-@dataclasses.dataclass
-class _Pairs:
-    """The (bin, input row) pairs of some samples, with their corner weights summed.
-
-    The samples of a bin and their four corners reach an input row through one
-    weight, the sum of the corner weights that fall on it: the pooling is a sparse
-    (bins x rows) matrix, and the backward works on its entries. Sorted by bin, row.
-    """
-
-    bin: numpy.ndarray        # (P,) bin of each pair, nondecreasing
-    rows: numpy.ndarray       # (P,) channel-last input row
-    weight: numpy.ndarray     # (P,) summed bilinear weights
-    weight_dy: object         # (P,) summed d weight / d y, or None
-    weight_dx: object         # (P,) summed d weight / d x, or None
-    segments: numpy.ndarray   # first pair of each bin present
-    bins: numpy.ndarray       # the bins present, one per segment
-
-
-def _pairs(s):
-    """The pairs of the samples ``s``; derivatives too if ``s`` has them."""
-    rows = s.rows.ravel()
-    b = numpy.broadcast_to(s.bin, s.rows.shape).ravel()
-    order = numpy.lexsort((rows, b))
-    b, rows = b[order], rows[order]
-    starts = numpy.flatnonzero(numpy.r_[True, (b[1:] != b[:-1]) | (rows[1:] != rows[:-1])])
-
-    def summed(values):
-        return None if values is None else numpy.add.reduceat(values.ravel()[order], starts)
-
-    b = b[starts]
-    segments = numpy.flatnonzero(numpy.r_[True, b[1:] != b[:-1]])
-    return _Pairs(b, rows[starts], summed(s.corners.weight), summed(s.corners.weight_dy),
-                  summed(s.corners.weight_dx), segments, b[segments])
+    b = b[inside]
+    rows = bins.image[b] * (g.height * g.width) + corners.index[:, inside]
+    weights = [corners.weight[:, inside]]
+    if derivatives:
+        weights += [corners.weight_dy[:, inside], corners.weight_dx[:, inside]]
+    # Elements are (corner, sample), keyed by (bin, row).
+    total_rows = g.batch * g.height * g.width
+    keys, summed = merge_by_key((b * total_rows + rows).ravel(),
+                                numpy.stack([w.ravel() for w in weights], axis=1))
+    pair_bin, pair_rows = numpy.divmod(keys, total_rows)
+    return _Pairs(pair_bin, pair_rows, summed[:, :1], summed[:, 1:] if derivatives else None)
 
 
 def _channel_rows(images):
-    """``images (N, C, H, W)`` as channel-last rows ``(N*H*W, C)``."""
-    return numpy.ascontiguousarray(images.transpose(0, 2, 3, 1)).reshape(-1, images.shape[1])
+    """``images (N, C, H, W)`` as channel-last rows ``(N*H*W + 1, C)``, the last one zero
+    (see :func:`cudeform._cpu.scatter.sums_by_key`); the images are split over the workers."""
+    n, channels, height, width = images.shape
+    rows = numpy.empty((n * height * width + 1, channels), dtype=images.dtype)
+    planes = rows[:-1].reshape(n, height, width, channels)
+    rows[-1] = 0
+
+    def copy(part):
+        planes[part] = images[part].transpose(0, 2, 3, 1)
+
+    parallel.split(n, copy)
+    return rows
 
 
-def _chunks(g, itemsize):
-    """``(roi_start, roi_stop, sample_chunks)``: RoI chunks and a sample chunker for each."""
-    bin_bytes = _BIN_BYTES + 2 * g.channels * itemsize
-    sample_bytes = _SAMPLE_BYTES + 4 * g.channels * itemsize
-    for start, stop in batch_chunks(g.rois, g.pooled_h * g.pooled_w * bin_bytes):
-        yield start, stop, lambda total: batch_chunks(total, sample_bytes)
+def _summed_images(g, parts):
+    """The sum of the workers' channel-last input gradients ``parts``, as NCHW."""
+    grad_input = numpy.empty((g.batch, g.channels, g.height, g.width), dtype=parts[0].dtype)
+    planes = [part[:-1].reshape(g.batch, g.height, g.width, g.channels) for part in parts]
+
+    def add(images):
+        total = planes[0][images]
+        if len(planes) > 1:
+            total = numpy.add(total, planes[1][images])
+            for plane in planes[2:]:
+                total += plane[images]
+        grad_input[images] = total.transpose(0, 3, 1, 2)
+
+    parallel.split(g.batch, add)
+    return grad_input
+
+
+def _roi_chunks(g, itemsize, part):
+    """RoI ranges covering the slice ``part`` of the RoIs, each within one worker's
+    share of the workspace limit."""
+    bin_bytes = (_BIN_BYTES + 3 * g.channels * itemsize) * parallel.worker_count()
+    for start, stop in batch_chunks(part.stop - part.start, g.pooled_h * g.pooled_w * bin_bytes):
+        yield part.start + start, part.start + stop
+
+
+def _sample_ranges(g, bins, itemsize):
+    """Ranges of the flat sample list of a RoI chunk, within one worker's share of
+    the workspace limit. A range ends at the end of a bin unless one bin alone
+    holds more samples than a range (it is then cut every so many samples from its
+    start), so that a bin's sum does not depend on where its RoI chunk starts: the
+    forward is the same for any number of workers."""
+    sample_bytes = (_SAMPLE_BYTES + 6 * g.channels * itemsize) * parallel.worker_count()
+    per_range = max(1, workspace_limit() // sample_bytes)
+    start, total = 0, bins.samples
+    while start < total:
+        stop = start + per_range
+        if stop < total:
+            last_end = bins.ends[numpy.searchsorted(bins.ends, stop, side="right") - 1]
+            if last_end > start:
+                stop = int(last_end)
+            else:  # the bin holding ``start`` has more than per_range samples left
+                b = numpy.searchsorted(bins.ends, start, side="right")
+                first = int(bins.starts[b])
+                cut = first + ((start - first) // per_range + 1) * per_range
+                stop = min(int(bins.ends[b]), cut)
+        stop = min(stop, total)
+        yield start, stop
+        start = stop
 
 
 def _from_bin_rows(g, rows):
@@ -219,74 +243,70 @@ def _from_bin_rows(g, rows):
     return rows.reshape(-1, g.pooled_h, g.pooled_w, g.channels).transpose(0, 3, 1, 2)
 
 
-def _sampled_values(data, s):
-    """Values ``(S, C)`` of the samples ``s``: their four corner rows, weighted and summed."""
-    values = numpy.empty((s.bin.size, data.shape[1]), dtype=data.dtype)
-    corner = numpy.empty_like(values)
-    for q in range(4):
-        # Rows are in bounds by construction; mode="clip" skips the bounds check.
-        numpy.take(data, s.rows[q], axis=0, out=corner if q else values, mode="clip")
-        if q:
-            corner *= s.corners.weight[q][:, None]
-            values += corner
-        else:
-            values *= s.corners.weight[0][:, None]
-    return values
+def _slice(array, start, stop):
+    return None if array is None else array[start:stop]
+
+
+def _forward_part(g, data, rois, offset, output, part):
+    """The outputs of the RoIs ``part`` (a slice), written into ``output``."""
+    for start, stop in _roi_chunks(g, data.dtype.itemsize, part):
+        bins = _bins(g, rois[start:stop], _slice(offset, start, stop))
+        sums = numpy.zeros((bins.ends.size, g.channels), dtype=data.dtype)
+        for first, last in _sample_ranges(g, bins, data.dtype.itemsize):
+            p = _pairs(g, bins, first, last, derivatives=False)
+            present, bin_sums = sums_by_key(p.bin, data, p.rows, p.weight)
+            sums[present] += bin_sums[:, 0]
+        output[start:stop] = _from_bin_rows(g, sums / bins.count[:, None])
 
 
 def forward(input, rois, offset, g):
-    """``deform_roi_pool`` on C-contiguous NumPy arrays of one dtype, validated into ``g``."""
+    """``deform_roi_pool`` on C-contiguous NumPy arrays of one dtype, validated into ``g``.
+
+    The RoIs are split over the workers (see :mod:`cudeform._cpu.parallel`).
+    """
     output = numpy.zeros(g.output_shape, dtype=input.dtype)
-    data = _channel_rows(input)
-    for start, stop, sample_chunks in _chunks(g, input.dtype.itemsize):
-        bins = _bins(g, rois[start:stop], None if offset is None else offset[start:stop])
-        sums = numpy.zeros((bins.ends.size, g.channels), dtype=input.dtype)
-        for first, last in sample_chunks(bins.samples):
-            s = _samples(g, bins, first, last, derivatives=False)
-            if s.bin.size:
-                sums[s.bins] += numpy.add.reduceat(_sampled_values(data, s), s.segments, axis=0)
-        output[start:stop] = _from_bin_rows(g, sums / bins.count[:, None])
+    parallel.split(g.rois, functools.partial(_forward_part, g, _channel_rows(input), rois,
+                                             offset, output))
     return output
 
 
-def _scatter(grad_data, rows, contributions):
-    """``grad_data[rows[k]] += contributions[k]`` for every k, repeated rows summed."""
-    order = numpy.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    starts = numpy.flatnonzero(numpy.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
-    grad_data[sorted_rows[starts]] += numpy.add.reduceat(contributions[order], starts, axis=0)
+def _backward_part(g, data, grad_output, rois, offset, grad_offset, part):
+    """Gradients of the RoIs ``part``: the offsets' are written into ``grad_offset``;
+    returns this part's input gradient as channel-last rows, summed by the caller."""
+    dtype = data.dtype
+    grad_data = numpy.zeros_like(data)
+    for start, stop in _roi_chunks(g, dtype.itemsize, part):
+        bins = _bins(g, rois[start:stop], _slice(offset, start, stop))
+        # The mean's gradient per bin (channel-last), with a zero row after them.
+        grad_means = numpy.empty((bins.ends.size + 1, g.channels), dtype=dtype)
+        grad_means[-1] = 0
+        shape = (stop - start, g.pooled_h, g.pooled_w)
+        numpy.divide(grad_output[start:stop].transpose(0, 2, 3, 1), bins.count.reshape(*shape, 1),
+                     out=grad_means[:-1].reshape(*shape, g.channels))
+        grad_start = numpy.zeros((bins.ends.size, 2), dtype=dtype)  # d loss / d (y, x)
+        for first, last in _sample_ranges(g, bins, dtype.itemsize):
+            p = _pairs(g, bins, first, last, derivatives=offset is not None)
+            if offset is not None:
+                # Per pair: its input row dotted with its bin's gradient, times the slopes.
+                dots = dots_by_key(p.bin, data, p.rows, grad_means)
+                present, slopes = merge_by_key(p.bin, p.slopes * dots[:, None])
+                grad_start[present] += slopes
+            rows, sums = sums_by_key(p.rows, grad_means, p.bin, p.weight)
+            grad_data[rows] += sums[:, 0]
+        if offset is not None:
+            grad_offset[start:stop, 0] = (grad_start[:, 1] * bins.shift_x).reshape(shape)
+            grad_offset[start:stop, 1] = (grad_start[:, 0] * bins.shift_y).reshape(shape)
+    return grad_data
 
 
 def backward(grad_output, input, rois, offset, g):
-    """Gradients ``(input, offset)`` of ``deform_roi_pool``; the offset's is None without one."""
-    dtype = input.dtype
-    data = _channel_rows(input)
-    grad_data = numpy.zeros_like(data)
-    grad_offset = None if offset is None else numpy.zeros(offset.shape, dtype=dtype)
-    grad_bins = numpy.ascontiguousarray(grad_output.transpose(0, 2, 3, 1)).reshape(
-        -1, g.channels)
-    for start, stop, sample_chunks in _chunks(g, dtype.itemsize):
-        bins = _bins(g, rois[start:stop], None if offset is None else offset[start:stop])
-        bin_range = slice(start * g.pooled_h * g.pooled_w, stop * g.pooled_h * g.pooled_w)
-        grad_means = grad_bins[bin_range] / bins.count[:, None]
-        grad_y = numpy.zeros(bins.ends.size, dtype=dtype)
-        grad_x = numpy.zeros(bins.ends.size, dtype=dtype)
-        for first, last in sample_chunks(bins.samples):
-            s = _samples(g, bins, first, last, derivatives=offset is not None)
-            if not s.bin.size:
-                continue
-            p = _pairs(s)
-            grad = numpy.take(grad_means, p.bin, axis=0, mode="clip")
-            if offset is not None:
-                dots = numpy.einsum("pc,pc->p", numpy.take(data, p.rows, axis=0, mode="clip"),
-                                    grad)
-                grad_y[p.bins] += numpy.add.reduceat(p.weight_dy * dots, p.segments)
-                grad_x[p.bins] += numpy.add.reduceat(p.weight_dx * dots, p.segments)
-            grad *= p.weight[:, None]
-            _scatter(grad_data, p.rows, grad)
-        if offset is not None:
-            shape = (stop - start, g.pooled_h, g.pooled_w)
-            grad_offset[start:stop, 0] = (grad_x * bins.shift_x).reshape(shape)
-            grad_offset[start:stop, 1] = (grad_y * bins.shift_y).reshape(shape)
-    grad_input = grad_data.reshape(g.batch, g.height, g.width, g.channels).transpose(0, 3, 1, 2)
-    return numpy.ascontiguousarray(grad_input), grad_offset
+    """Gradients ``(input, offset)`` of ``deform_roi_pool``; the offset's is None without one.
+
+    The RoIs are split over the workers; each sums its own input gradient, and
+    those are added in worker order, so results are reproducible for a given
+    number of workers (and equal to within rounding for different numbers).
+    """
+    grad_offset = None if offset is None else numpy.zeros(offset.shape, dtype=input.dtype)
+    parts = parallel.split(g.rois, functools.partial(
+        _backward_part, g, _channel_rows(input), grad_output, rois, offset, grad_offset))
+    return _summed_images(g, parts), grad_offset
