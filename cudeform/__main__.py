@@ -34,19 +34,25 @@ def _run(argv: List[str]) -> int:
         print(f"cudeform {cudeform.__version__}")
         return 0
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        raise UsageError(f"python -m cudeform: unknown command {argv[0]!r}; expected tour, "
-                         "demo or bench (see python -m cudeform --help)")
+        raise UsageError(f"unknown command {argv[0]!r}; expected tour, demo or bench "
+                         "(see python -m cudeform --help)")
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "tour"
     return importlib.import_module(COMMANDS[command]).main(argv)
+
+
+def _command_name(argv: List[str]) -> str:
+    named = argv and argv[0] in COMMANDS
+    return "python -m cudeform" + (f" {argv[0]}" if named else "")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run a command; a usage mistake prints one line to stderr and returns 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    name = _command_name(argv)
     try:
         return _run(argv)
     except UsageError as error:
-        print(error, file=sys.stderr)
+        print(f"{name}: error: {error}", file=sys.stderr)
         return USAGE_STATUS
     except KeyboardInterrupt:
         print("python -m cudeform: interrupted", file=sys.stderr)

@@ -1,8 +1,10 @@
 """What every ``python -m cudeform`` command shares: its argument parser, one-line
-errors, and the checks for a GPU and for optional packages.
+errors, and the checks for a GPU, optional packages, settings and output files.
 
 A mistake a user can make on the command line (a bad option, a missing extra, no
-GPU) ends as one line on stderr with exit status 2, never as a traceback.
+GPU, a file that cannot be written) raises :class:`UsageError`; ``__main__`` prints
+it as one line on stderr, ``python -m cudeform COMMAND: error: ...``, and exits
+with status 2, never with a traceback.
 """
 
 from __future__ import annotations
@@ -16,18 +18,28 @@ USAGE_STATUS = 2
 
 
 class UsageError(Exception):
-    """A mistake on the command line; its message is the one line to print."""
+    """A mistake on the command line; its message is the line to print after the
+    command's name."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Plain help texts, with the default of every option that has one."""
+
+    def _get_help_string(self, action):
+        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)):
+            return action.help
+        return f"{action.help} (default: {action.default})"
 
 
 class Parser(argparse.ArgumentParser):
     """``argparse`` with one-line errors and every default shown in ``--help``."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(**kwargs)
 
     def error(self, message):
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 def add_device_option(parser: Parser, auto: str) -> None:
@@ -35,8 +47,13 @@ def add_device_option(parser: Parser, auto: str) -> None:
                         help=f"where to run; auto: {auto}")
 
 
+def first_line(text: object) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def why_no_cuda() -> Optional[str]:
-    """Why CuPy cannot run on a GPU here, or None when it can."""
+    """Why CuPy cannot run on a GPU here (one line), or None when it can."""
     if importlib.util.find_spec("cupy") is None:
         return "CuPy is not installed; for CUDA 13: pip install 'cudeform[cuda]'"
     try:
@@ -44,7 +61,8 @@ def why_no_cuda() -> Optional[str]:
 
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as error:  # no driver, too old a driver, a broken CUDA runtime
-        return f"CuPy finds no usable CUDA device ({type(error).__name__}: {error})"
+        return (f"CuPy finds no usable CUDA device ({type(error).__name__}: "
+                f"{first_line(error)})")
     return None if count > 0 else "CuPy finds no CUDA device"
 
 
@@ -62,18 +80,37 @@ def require_packages(command: str, extra: str, modules: Sequence[str]) -> None:
     if missing:
         needed = ", ".join(modules[:-1]) + f" and {modules[-1]}" if len(modules) > 1 else modules[0]
         raise UsageError(
-            f"python -m cudeform {command} needs {needed}; not installed: {', '.join(missing)}. "
-            f"Install them with: pip install 'cudeform[{extra}]' (in a source checkout: "
-            f"pip install -e '.[{extra}]'; on a CPU-only machine, first pip install torch's CPU "
-            "build)")
+            f"{command} needs {needed}; not installed: {', '.join(missing)}. Install them "
+            f"with: pip install 'cudeform[{extra}]' (in a source checkout: pip install -e "
+            f"'.[{extra}]'; on a CPU-only machine, first pip install torch's CPU build)")
 
 
-def require_writable_file(option: str, path: str) -> None:
-    """Raise :class:`UsageError` when ``path`` cannot be written (checked before the work)."""
+def require_settings() -> None:
+    """Raise :class:`UsageError` when an environment setting cudeform reads is invalid."""
+    import cudeform
+    from cudeform._cpu import parallel
+
+    try:
+        parallel.worker_count()
+        cudeform.workspace_limit()
+        cudeform.is_deterministic()
+    except ValueError as error:
+        raise UsageError(first_line(error)) from None
+
+
+def require_writable_file(option: str, path: Optional[str]) -> None:
+    """Raise :class:`UsageError` when ``path`` cannot be written, before any work is
+    done (nothing is created)."""
+    if path is None:
+        return
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise UsageError(f"{option} {path}: is a folder; give a file name")
-    if not os.path.isdir(folder):
-        raise UsageError(f"{option} {path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{option} {path}: the folder {folder} is not writable")
+        reason = "Is a directory"
+    elif not os.path.isdir(folder):
+        reason = "No such file or directory"
+    elif not os.access(folder, os.W_OK) or (os.path.exists(path)
+                                            and not os.access(path, os.W_OK)):
+        reason = "Permission denied"
+    else:
+        return
+    raise UsageError(f"{option} {path}: cannot write it ({reason})")

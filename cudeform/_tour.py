@@ -13,7 +13,9 @@ from typing import List, Optional
 import numpy
 
 import cudeform
-from cudeform._cli import Parser, add_device_option, require_cuda, why_no_cuda
+from cudeform._cli import (
+    Parser, add_device_option, require_cuda, require_settings, why_no_cuda,
+)
 
 
 def _tour(xp, device):
@@ -53,6 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 "and backward, and two facts of its sampling rule.")
     add_device_option(parser, "the CPU, then the GPU when CuPy sees one")
     args = parser.parse_args(argv)
+    require_settings()
     if args.device == "cuda":
         require_cuda()
     print(f"cudeform {cudeform.__version__}; workspace limit {cudeform.workspace_limit()} bytes")

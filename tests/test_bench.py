@@ -17,11 +17,13 @@ import numpy
 import pytest
 
 import cudeform
-from cudeform import _bench
+from cudeform import _bench, _cli
+from cudeform.__main__ import main as cudeform_main
 from cudeform._bench import cases, checks, memory, roi_cases, runner, timing
 from cudeform._bench.core_sides import core_sides
 from cudeform._bench.pairs import FORWARD, FORWARD_BACKWARD, Pair, Side, deform_names, labels
 from cudeform._bench.report import Report
+from cudeform._cpu import parallel
 
 JSON_KEYS = {"op", "shape", "dtype", "device", "pass", "ms", "peer", "peer_ms", "ratio"}
 FAST = timing.Settings(warmup=1, repeats=2, min_repeats=1, budget_s=0.0)
@@ -245,7 +247,7 @@ def test_without_any_peer_the_bench_prints_cudeform_own_times(tmp_path):
     rows = json.loads((tmp_path / "b.json").read_text())
     own = {(row["op"], row["peer"], row["pass"]) for row in rows}
     assert ("deform_conv2d", "cudeform deform_conv2d (fwd)", "bwd") in own
-    if _bench.parallel.worker_count() > 1:
+    if parallel.worker_count() > 1:
         for op in ("deform_roi_pool", "deform_psroi_pool"):
             assert {(op, "cudeform, 1 thread", "fwd"), (op, "cudeform, 1 thread", "bwd")} <= own
     assert all(set(row) == JSON_KEYS and row["ratio"] > 0 for row in rows)
@@ -263,16 +265,16 @@ def test_help_is_plain_text_and_shows_defaults(capsys):
 
 
 def test_device_cuda_without_a_gpu_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(_bench.environment, "cuda_unavailable",
-                        lambda: "no GPU here\nsecond line of a driver message")
-    assert _bench.main(["--device", "cuda"]) == 2
+    monkeypatch.setattr(_cli, "why_no_cuda", lambda: "no GPU here")
+    assert cudeform_main(["bench", "--device", "cuda"]) == 2
     error = capsys.readouterr().err
-    assert error == ("python -m cudeform bench: error: --device cuda: there is no GPU to use "
-                     "(no GPU here)\n")
+    assert error == ("python -m cudeform bench: error: --device cuda: no GPU to run on: "
+                     "no GPU here\n")
 
 
 @pytest.mark.parametrize("argv, environment, message", [
-    (["--no-such-option"], {}, "unrecognized arguments: --no-such-option (see --help)"),
+    (["--no-such-option"], {}, "unrecognized arguments: --no-such-option (see python -m "
+                               "cudeform bench --help)"),
     (["--device", "tpu"], {}, "argument --device: invalid choice: 'tpu'"),
     (["--quick"], {"CUDEFORM_NUM_THREADS": "many"},
      "CUDEFORM_NUM_THREADS is not valid: expected a positive integer, got 'many'"),
@@ -297,7 +299,7 @@ def test_thread_counts_reach_cudeform_and_the_peers(tmp_path):
 
     class CountingPeer(FakePeer):
         def pairs(self, case, dtype, arrays):
-            seen.append(_bench.parallel.worker_count())
+            seen.append(parallel.worker_count())
             return super().pairs(case, dtype, arrays)
 
     status, text, rows = run_bench(tmp_path, [DCNV2], peers=[CountingPeer()],

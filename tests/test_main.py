@@ -54,7 +54,8 @@ def test_version(capsys):
 
 def test_an_unknown_command_names_the_commands(capsys):
     line = _one_line_error(capsys, ["foo"])
-    assert "unknown command 'foo'" in line and "tour, demo or bench" in line
+    assert line.startswith("python -m cudeform: error: unknown command 'foo'")
+    assert "tour, demo or bench" in line
 
 
 def test_an_unknown_option_is_one_line(capsys):
@@ -65,18 +66,22 @@ def test_an_unknown_option_is_one_line(capsys):
 @pytest.mark.parametrize("argv, expected", [
     (["demo", "--steps", "0"], "--steps: expected an int >= 1, got '0'"),
     (["demo", "--test-size", "3"], "--test-size: expected an int >= 4, got '3'"),
-    (["demo", "--out", "/no/such/folder/demo.png"], "the folder /no/such/folder does not exist"),
+    (["demo", "--out", "/no/such/folder/demo.png"],
+     "--out /no/such/folder/demo.png: cannot write it (No such file or directory)"),
+    (["demo", "--out", "/"], "--out /: cannot write it (Is a directory)"),
     (["tour", "--device", "gpu"], "invalid choice: 'gpu'"),
 ])
 def test_bad_arguments_are_one_line(capsys, argv, expected):
+    # e.g. "python -m cudeform demo: error: argument --steps: expected ..."
     assert expected in _one_line_error(capsys, argv)
 
 
 @pytest.mark.skipif(_cli.why_no_cuda() is None, reason="this machine has a GPU")
-@pytest.mark.parametrize("command", ["tour", "demo"])
+@pytest.mark.parametrize("command", ["tour", "demo", "bench"])
 def test_device_cuda_without_a_gpu_says_so(capsys, command):
     line = _one_line_error(capsys, [command, "--device", "cuda"])
-    assert line.startswith("--device cuda: no GPU to run on: ")
+    assert line.startswith(f"python -m cudeform {command}: error: --device cuda: no GPU to run "
+                           "on: ")
 
 
 def test_demo_without_torch_names_the_install_command(capsys, monkeypatch):
@@ -87,5 +92,14 @@ def test_demo_without_torch_names_the_install_command(capsys, monkeypatch):
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     line = _one_line_error(capsys, ["demo", "--steps", "1"])
-    assert "needs torch, tqdm and matplotlib; not installed: torch, matplotlib." in line
+    assert line.startswith("python -m cudeform demo: error: the demo needs torch, tqdm and "
+                           "matplotlib; not installed: torch, matplotlib.")
     assert "pip install 'cudeform[demo]'" in line
+
+
+@pytest.mark.parametrize("command", ["tour", "demo", "bench"])
+def test_a_bad_environment_setting_is_one_line(capsys, monkeypatch, command):
+    monkeypatch.setenv("CUDEFORM_DETERMINISTIC", "yes")
+    line = _one_line_error(capsys, [command, "--device", "cpu"])
+    assert line == (f"python -m cudeform {command}: error: CUDEFORM_DETERMINISTIC is not valid: "
+                    "expected 0 or 1, got 'yes'")

@@ -28,18 +28,19 @@ that cannot be written, ``--device cuda`` without a GPU), 130 when interrupted.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
 import cudeform
+from cudeform import _cli
 from cudeform._bench import cases as cases_module
 from cudeform._bench import environment
 from cudeform._bench.imports import load_peers
 from cudeform._bench.report import Report
 from cudeform._bench.runner import run_cases
 from cudeform._bench.timing import Settings
-from cudeform._cpu import parallel
+from cudeform._cli import (
+    Parser, add_device_option, require_cuda, require_settings, require_writable_file,
+)
 
 SETTINGS = {
     # (device, quick): the CPU quick run stays under a minute on two cores, the full
@@ -51,25 +52,9 @@ SETTINGS = {
 }
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Plain help texts, with the default of every option that has one."""
-
-    def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS):
-            return action.help
-        return f"{action.help} (default: {action.default})"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """A usage error is one line on stderr, exit status 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parser():
-    parser = _Parser(
+    parser = Parser(
         prog="python -m cudeform bench",
-        formatter_class=_HelpFormatter,
         description="Time cudeform against every peer found on this machine (onnxruntime, "
                     "OpenVINO, Chainer, torch, torchvision, cuDNN), interleaved, after "
                     "checking that their results agree. On the CPU it also times "
@@ -84,49 +69,20 @@ def _parser():
     parser.add_argument("--markdown", metavar="FILE",
                         help="write the rows as a markdown table, with the machine, the "
                              "versions and the date")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: cuda when CuPy sees a GPU, else cpu")
+    add_device_option(parser, "cuda when CuPy sees a GPU, else cpu")
     return parser
-
-
-def _usage_error(message):
-    print(f"python -m cudeform bench: error: {message}", file=sys.stderr)
-    return 2
-
-
-def _first_line(text):
-    lines = str(text).strip().splitlines()
-    return lines[0] if lines else ""
-
-
-def _unwritable(path):
-    """Why ``path`` cannot be written (None when it can); it is created empty."""
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as error:
-        return error.strerror or _first_line(error)
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:  # the settings the NumPy path reads, checked before any work
-        parallel.worker_count()
-        cudeform.workspace_limit()
-    except ValueError as error:
-        return _usage_error(_first_line(error))
-    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
-        why_not = path and _unwritable(path)
-        if why_not:
-            return _usage_error(f"{option} {path}: cannot write it ({why_not})")
+    require_settings()  # the settings the NumPy path reads, checked before any work
+    require_writable_file("--json", args.json)
+    require_writable_file("--markdown", args.markdown)
     device = args.device
-    if device != "cpu":
-        why_not = environment.cuda_unavailable()
-        if why_not is not None and device == "cuda":
-            return _usage_error(f"--device cuda: there is no GPU to use "
-                                f"({_first_line(why_not)})")
-        device = "cpu" if why_not is not None else "cuda"
+    if device == "cuda":
+        require_cuda()
+    elif device == "auto":
+        device = "cpu" if _cli.why_no_cuda() is not None else "cuda"
     return run(device, cases_module.cases_for(device, args.quick), quick=args.quick,
                json_path=args.json, markdown_path=args.markdown)
 

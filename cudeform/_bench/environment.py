@@ -6,7 +6,6 @@ import importlib.metadata
 import os
 import platform
 
-from cudeform._bench.imports import Missing, optional
 
 # (label, distributions that provide it)
 LIBRARIES = (
@@ -19,18 +18,6 @@ LIBRARIES = (
     ("torchvision", ("torchvision",)),
     ("cupy", ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x")),
 )
-
-
-def cuda_unavailable():
-    """Why CuPy sees no GPU (None when it sees one)."""
-    try:
-        cupy = optional("cupy")
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Missing as reason:
-        return f"CuPy {reason}"
-    except Exception as error:  # no driver, too old a driver, broken runtime
-        return f"{type(error).__name__}: {error}"
-    return None if count > 0 else "CuPy sees no CUDA device"
 
 
 def cpu_model():

@@ -15,8 +15,8 @@ from typing import List, Optional
 import numpy
 
 from cudeform._cli import (
-    Parser, UsageError, add_device_option, require_cuda, require_packages, require_writable_file,
-    why_no_cuda,
+    Parser, UsageError, add_device_option, require_cuda, require_packages, require_settings,
+    require_writable_file, why_no_cuda,
 )
 
 __all__ = ["main"]
@@ -90,7 +90,8 @@ def _pick_examples(test, correct, count=4, within=2.0):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    require_packages("demo", "demo", DEMO_PACKAGES)
+    require_settings()
+    require_packages("the demo", "demo", DEMO_PACKAGES)
     require_writable_file("--out", args.out)
     import torch
 
