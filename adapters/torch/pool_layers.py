@@ -12,12 +12,9 @@ from typing import Optional
 
 from torch import Tensor, nn
 
+from cudeform._layer_arguments import divisor, positive_int, psroi_pool_layer, roi_pool_layer
+from cudeform._typing import IntPair
 from cudeform.adapters.torch import functional
-from cudeform._layer_arguments import (
-    divisor, finite_float, non_negative_int, positive_float, positive_int,
-)
-from cudeform._shapes import pair
-from cudeform.adapters.torch.functional import IntPair
 
 __all__ = ["DeformPSRoIPool", "DeformPSRoIPoolPack", "DeformRoIPool", "DeformRoIPoolPack",
            "ModulatedDeformRoIPoolPack"]
@@ -49,10 +46,9 @@ class DeformRoIPool(nn.Module):
     def __init__(self, output_size: IntPair, spatial_scale: float = 1.0,
                  sampling_ratio: int = 0, gamma: float = 0.1) -> None:
         super().__init__()
-        self.output_size = pair(output_size, "output_size", minimum=1)
-        self.spatial_scale = positive_float(spatial_scale, "spatial_scale")
-        self.sampling_ratio = non_negative_int(sampling_ratio, "sampling_ratio")
-        self.gamma = finite_float(gamma, "gamma")
+        options = roi_pool_layer(output_size, spatial_scale, sampling_ratio, gamma)
+        self.output_size, self.spatial_scale = options["output_size"], options["spatial_scale"]
+        self.sampling_ratio, self.gamma = options["sampling_ratio"], options["gamma"]
 
     def forward(self, input: Tensor, rois: Tensor, offset: Optional[Tensor] = None) -> Tensor:
         return functional.deform_roi_pool(
@@ -163,13 +159,9 @@ class DeformPSRoIPool(nn.Module):
                  part_size: Optional[int] = None, sample_per_part: int = 4,
                  spatial_scale: float = 1.0, trans_std: float = 0.1) -> None:
         super().__init__()
-        self.output_dim = positive_int(output_dim, "output_dim")
-        self.group_size = positive_int(group_size, "group_size")
-        self.pooled_size = positive_int(pooled_size, "pooled_size")
-        self.part_size = None if part_size is None else positive_int(part_size, "part_size")
-        self.sample_per_part = positive_int(sample_per_part, "sample_per_part")
-        self.spatial_scale = positive_float(spatial_scale, "spatial_scale")
-        self.trans_std = finite_float(trans_std, "trans_std")
+        for name, value in psroi_pool_layer(output_dim, group_size, pooled_size, part_size,
+                                            sample_per_part, spatial_scale, trans_std).items():
+            setattr(self, name, value)
 
     def forward(self, input: Tensor, rois: Tensor, offset: Optional[Tensor] = None) -> Tensor:
         return functional.deform_psroi_pool(
