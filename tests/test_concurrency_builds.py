@@ -34,13 +34,19 @@ needs_compiler = pytest.mark.skipif(compiler() is None, reason="no C++ compiler 
 TIMEOUT = 300
 
 
+HANG_VARIABLE = "CUDEFORM_TEST_COMPILER_HANGS"
+
+
 @pytest.fixture
 def counted_compiler(tmp_path, monkeypatch):
-    """``$CXX`` is a wrapper of the compiler that appends a line to a log per run.
-    Returns a function that gives the number of runs so far."""
+    """``$CXX`` is a wrapper of the compiler that appends a line to a log per run (and
+    hangs first when ``$CUDEFORM_TEST_COMPILER_HANGS`` is set). Returns a function that
+    gives the number of runs so far."""
     log = tmp_path / "compiler.log"
     wrapper = tmp_path / "counting-cxx"
-    wrapper.write_text(f'#!/bin/sh\necho run >> "{log}"\nexec "{compiler()}" "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\necho run >> "{log}"\n'
+                       f'if [ -n "${HANG_VARIABLE}" ]; then sleep 600; fi\n'
+                       f'exec "{compiler()}" "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("CXX", str(wrapper))
     return lambda: len(log.read_text().splitlines()) if log.exists() else 0
@@ -92,6 +98,28 @@ def test_concurrent_host_builds_in_processes_compile_once(tmp_path, counted_comp
     paths = {stdout.strip() for stdout, _ in outputs}
     assert len(paths) == 1 and counted_compiler() == 1
     _assert_loads(paths.pop())
+
+
+@needs_compiler
+def test_concurrency_killed_host_build_leaves_no_stale_lock(tmp_path, counted_compiler):
+    import signal
+    import time
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    hung = subprocess.Popen([sys.executable, "-c", _BUILD_IN_A_PROCESS, str(folder), "0"],
+                            cwd=ROOT, env=dict(os.environ, **{HANG_VARIABLE: "1"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + TIMEOUT
+    while counted_compiler() == 0 and time.time() < deadline:  # it holds the lock now
+        time.sleep(0.05)
+    os.killpg(hung.pid, signal.SIGKILL)  # the build and its compiler
+    hung.communicate(timeout=TIMEOUT)
+    assert counted_compiler() == 1 and not list(folder.glob("*.so"))
+    library = build_library("fixed_point", _source(), folder=folder)
+    assert counted_compiler() == 2
+    _assert_loads(library)
 
 
 def _truncate(path):
@@ -190,25 +218,33 @@ def test_concurrent_cupy_cache_compiles_in_processes(tmp_path, nvrtc):
     assert _cupy_cache_runs(tmp_path, 1) == [(0, [cached])]
 
 
-def test_concurrent_cupy_cache_compiles_in_threads(tmp_path, nvrtc, monkeypatch):
+@pytest.fixture
+def cupy_cache(tmp_path, nvrtc, monkeypatch):
+    """CuPy's kernel cache in ``tmp_path`` for this process; returns the record of its
+    compilations and loads (:func:`tests.cupy_cache.record_cupy_compiles`)."""
     from cupy.cuda import compiler
     from cupy.cuda._compiler_cache import DiskKernelCacheBackend
 
     monkeypatch.setattr(compiler, "_kernel_cache_backend", DiskKernelCacheBackend(str(tmp_path)))
-    record = record_cupy_compiles(monkeypatch.setattr)
+    return record_cupy_compiles(monkeypatch.setattr)
+
+
+def test_concurrent_cupy_cache_compiles_in_threads(tmp_path, cupy_cache):
     results = run_in_threads([lambda: compile_family("fixed_point")], threads=3, rounds=1)
     assert all(thread[0][0] == results[0][0][0] for thread in results)
-    assert len(record.loaded) == 3 and cached_cubin(tmp_path) in record.loaded
+    assert len(cupy_cache.loaded) == 3 and cached_cubin(tmp_path) in cupy_cache.loaded
+    compiled = len(cupy_cache.compiled)
     compile_family("fixed_point")
-    assert record.loaded[-1] == cached_cubin(tmp_path)
-    assert len(record.compiled) <= 3
+    assert len(cupy_cache.compiled) == compiled  # found in the cache
+    assert cupy_cache.loaded[-1] == cached_cubin(tmp_path)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped-byte", "empty"])
-def test_concurrency_damaged_cupy_cache_entry_is_recompiled_not_loaded(tmp_path, nvrtc,
+def test_concurrency_damaged_cupy_cache_entry_is_recompiled_not_loaded(tmp_path, cupy_cache,
                                                                        damage):
-    assert _cupy_cache_runs(tmp_path, 1)[0][0] == 1
+    compile_family("fixed_point")
     [entry] = [path for path in tmp_path.iterdir() if path.suffix == ".cubin"]
     DAMAGE[damage](entry)
-    [(compiled, loaded)] = _cupy_cache_runs(tmp_path, 1)
-    assert compiled == 1 and loaded == [cached_cubin(tmp_path)]
+    compile_family("fixed_point")
+    assert len(cupy_cache.compiled) == 2  # compiled again
+    assert cupy_cache.loaded[-1] == cached_cubin(tmp_path)  # loaded what it rewrote
