@@ -65,14 +65,25 @@ def compile_family(family, arch="90", dtype_name="float32", bits=32):
     return module.mapping
 
 
+def cache_entries(cache):
+    """The entries of the cache folder ``cache``."""
+    return sorted(path for path in cache.iterdir() if path.suffix == ".cubin")
+
+
+def is_intact(entry):
+    """Whether a cache entry holds the SHA-1 of its payload, then the payload."""
+    data = entry.read_bytes()
+    return data[:40] == hashlib.sha1(data[40:]).hexdigest().encode()
+
+
 def cached_cubin(cache, family="fixed_point"):
     """The SHA-1 of the cubin in the one entry of the cache folder ``cache``; an
     AssertionError if the entry is damaged."""
     from cupy.cuda import compiler
 
-    [entry] = [path for path in cache.iterdir() if path.suffix == ".cubin"]
+    [entry] = cache_entries(cache)
+    assert is_intact(entry), "a damaged entry"
     data = entry.read_bytes()
-    assert data[:40] == hashlib.sha1(data[40:]).hexdigest().encode(), "a damaged entry"
     _, cubin = compiler._decode_cache_payload(data[40:], len(FAMILIES[family]))
     assert cubin.startswith(b"\x7fELF")
     return hashlib.sha1(cubin).hexdigest()

@@ -25,7 +25,9 @@ import textwrap
 import pytest
 
 from tests.concurrency import run_in_threads
-from tests.cupy_cache import cached_cubin, compile_family, record_cupy_compiles
+from tests.cupy_cache import (
+    cache_entries, cached_cubin, compile_family, record_cupy_compiles,
+)
 from tests.host.build import build_library, compiler
 from tests.host.loader import host_source
 
@@ -243,7 +245,7 @@ def test_concurrent_cupy_cache_compiles_in_threads(tmp_path, cupy_cache):
 def test_concurrency_damaged_cupy_cache_entry_is_recompiled_not_loaded(tmp_path, cupy_cache,
                                                                        damage):
     compile_family("fixed_point")
-    [entry] = [path for path in tmp_path.iterdir() if path.suffix == ".cubin"]
+    [entry] = cache_entries(tmp_path)
     DAMAGE[damage](entry)
     compile_family("fixed_point")
     assert len(cupy_cache.compiled) == 2  # compiled again
