@@ -104,17 +104,15 @@ def _batch_index(rng, kind, batch):
     return index
 
 
-def mixed_rois(rng, count, kinds, *, batch, height, width, spatial_scale, image=None):
+def mixed_rois(rng, count, kinds, *, batch, height, width, spatial_scale):
     """``(count, 5)`` float64 RoIs ``(batch_index, x1, y1, x2, y2)``, each of a kind drawn
-    from ``kinds``; feature-map boxes are mapped to image coordinates by ``image`` (by
-    default ``(x + 0.5) / spatial_scale``, the inverse of RoI pooling's mapping)."""
-    if image is None:
-        def image(box):
-            return (box + 0.5) / spatial_scale
+    from ``kinds``; feature-map boxes are mapped to image coordinates by
+    ``(x + 0.5) / spatial_scale``, the inverse of the RoI poolings' mapping (rounding
+    aside, for the position-sensitive one)."""
     rows = []
     for _ in range(count):
         kind = kinds[rng.integers(0, len(kinds))]
         with numpy.errstate(invalid="ignore", over="ignore"):
-            rows.append([_batch_index(rng, kind, batch), *image(_box(rng, kind, height,
-                                                                     width))])
+            box = (_box(rng, kind, height, width) + 0.5) / spatial_scale
+            rows.append([_batch_index(rng, kind, batch), *box])
     return numpy.array(rows, dtype=numpy.float64).reshape(count, 5)

@@ -54,6 +54,18 @@ def index_width(gpu_module, wide):
         yield
 
 
+def _in_dtype(arrays, dtype):
+    return {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}
+
+
+def _assert_host_matches_numpy(op, gpu_module, problem, wide, deterministic):
+    arrays, options = problem
+    with index_width(gpu_module, wide):
+        op.assert_matches_numpy(arrays, options,
+                                op.grad_output(numpy.random.default_rng(0), arrays, options),
+                                deterministic=deterministic)
+
+
 # --- deform_conv2d ------------------------------------------------------------------------
 
 @st.composite
@@ -97,17 +109,13 @@ def conv_problems(draw, offset_kinds=KINDS_OF_OFFSETS):
         mask=(rng.uniform(-0.5, 1.5, (batch, offset_groups * kh * kw, out_h, out_w))
               if has_mask else None),
     )
-    return {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}, options
+    return _in_dtype(arrays, dtype), options
 
 
 @scatter_modes
 @given(problem=conv_problems(), wide=st.booleans())
 def test_fuzz_conv_host_matches_numpy(problem, wide, deterministic):
-    arrays, options = problem
-    rng = numpy.random.default_rng(0)
-    with index_width(deform_conv, wide):
-        CONV.assert_matches_numpy(arrays, options, CONV.grad_output(rng, arrays, options),
-                                  deterministic=deterministic)
+    _assert_host_matches_numpy(CONV, deform_conv, problem, wide, deterministic)
 
 
 @given(problem=conv_problems(st.sampled_from([["special"], ["special", "uniform"],
@@ -152,26 +160,16 @@ def roi_pool_problems(draw):
         offset=(mixed_values(rng, (count, 2, *output_size), offset_kinds, 1.0)
                 if has_offset else None),
     )
-    return {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}, options
+    return _in_dtype(arrays, dtype), options
 
 
 @scatter_modes
 @given(problem=roi_pool_problems(), wide=st.booleans())
 def test_fuzz_roi_pool_host_matches_numpy(problem, wide, deterministic):
-    arrays, options = problem
-    rng = numpy.random.default_rng(0)
-    with index_width(deform_roi_pool, wide):
-        ROI_POOL.assert_matches_numpy(arrays, options, ROI_POOL.grad_output(rng, arrays, options),
-                                      deterministic=deterministic)
+    _assert_host_matches_numpy(ROI_POOL, deform_roi_pool, problem, wide, deterministic)
 
 
 # --- deform_psroi_pool --------------------------------------------------------------------
-
-def _image_corners(spatial_scale):
-    # PS RoI pooling rounds image coordinates first: round(x) * scale - 0.5 is the
-    # feature-map coordinate, so a feature box maps back to (x + 0.5) / scale.
-    return lambda box: (box + 0.5) / spatial_scale
-
 
 @st.composite
 def psroi_pool_problems(draw):
@@ -198,20 +196,14 @@ def psroi_pool_problems(draw):
     arrays = dict(
         input=rng.standard_normal((batch, output_dim * group_size**2, height, width)),
         rois=mixed_rois(rng, count, roi_kinds, batch=batch, height=height, width=width,
-                        spatial_scale=options["spatial_scale"],
-                        image=_image_corners(options["spatial_scale"])),
+                        spatial_scale=options["spatial_scale"]),
         offset=(mixed_values(rng, (count, 2 * num_classes, part, part), offset_kinds, 1.0)
                 if num_classes is not None else None),
     )
-    return {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}, options
+    return _in_dtype(arrays, dtype), options
 
 
 @scatter_modes
 @given(problem=psroi_pool_problems(), wide=st.booleans())
 def test_fuzz_psroi_pool_host_matches_numpy(problem, wide, deterministic):
-    arrays, options = problem
-    rng = numpy.random.default_rng(0)
-    with index_width(deform_psroi_pool, wide):
-        PSROI_POOL.assert_matches_numpy(arrays, options,
-                                        PSROI_POOL.grad_output(rng, arrays, options),
-                                        deterministic=deterministic)
+    _assert_host_matches_numpy(PSROI_POOL, deform_psroi_pool, problem, wide, deterministic)

@@ -27,6 +27,11 @@ pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler for 
 index_widths = pytest.mark.parametrize("bits", [32, 64], ids=["i32", "i64"])
 
 
+def every_variant(test):
+    """Run ``test`` in both scatter modes, with both index widths, in both dtypes."""
+    return scatter_modes(index_widths(dtypes(test)))
+
+
 def _run(op, gpu_module, monkeypatch, rng, arrays, options, bits, deterministic):
     if bits == 64:
         force_64_bit_indices(monkeypatch, gpu_module)
@@ -57,9 +62,7 @@ CONV_EDGES = {
 }
 
 
-@scatter_modes
-@index_widths
-@dtypes
+@every_variant
 @pytest.mark.parametrize("name", CONV_EDGES)
 def test_conv_edges(monkeypatch, name, dtype, bits, deterministic):
     rng = numpy.random.default_rng(4000 + list(CONV_EDGES).index(name))
@@ -90,98 +93,87 @@ def _boxes_on_borders(height, width):
     ])
 
 
-def _roi_arrays(rng, *, batch, channels, size, output_size, spatial_scale, dtype,
-                offset=True, offset_values=(-1.0, -0.5, 0.0, 0.5, 1.0, 2.0)):
+def _roi_arrays(rng, options, dtype, *, size, offset=True):
     height, width = size
     boxes = _boxes_on_borders(height, width)
-    index = numpy.arange(len(boxes)) % batch
-    rois = numpy.column_stack([index, (boxes + 0.5) / spatial_scale])
-    arrays = dict(
-        input=rng.standard_normal((batch, channels, height, width)).astype(dtype),
-        rois=rois.astype(dtype),
-        offset=(rng.choice(offset_values, size=(len(boxes), 2, *output_size)).astype(dtype)
-                if offset else None),
-    )
-    return arrays
+    index = numpy.arange(len(boxes)) % 2
+    rois = numpy.column_stack([index, (boxes + 0.5) / options["spatial_scale"]])
+    offsets = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0, 2.0],
+                         size=(len(boxes), 2, *options["output_size"]))
+    arrays = dict(input=rng.standard_normal((2, 3, height, width)), rois=rois,
+                  offset=offsets if offset else None)
+    return {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}
 
 
+def _roi_options(output_size, sampling_ratio, spatial_scale=1.0, gamma=0.1):
+    return dict(output_size=output_size, sampling_ratio=sampling_ratio,
+                spatial_scale=spatial_scale, gamma=gamma)
+
+
+# name: (the arrays' keyword arguments, the options)
 ROI_EDGES = {
-    "borders-adaptive": dict(size=(5, 4), output_size=(2, 3), sampling_ratio=0),
-    "borders-sampling2-gamma1": dict(size=(5, 4), output_size=(2, 2), sampling_ratio=2,
-                                     gamma=1.0),
-    "map-1x1": dict(size=(1, 1), output_size=(3, 2), sampling_ratio=0),
-    "map-1x1-sampling3-no-offset": dict(size=(1, 1), output_size=(2, 2), sampling_ratio=3,
-                                        offset=False),
-    "output-larger-than-map": dict(size=(2, 3), output_size=(7, 9), sampling_ratio=0),
-    "scale16-sampling9": dict(size=(3, 2), output_size=(1, 2), sampling_ratio=9,
-                              spatial_scale=1 / 16),
+    "borders-adaptive": (dict(size=(5, 4)), _roi_options((2, 3), 0)),
+    "borders-sampling2-gamma1": (dict(size=(5, 4)), _roi_options((2, 2), 2, gamma=1.0)),
+    "map-1x1": (dict(size=(1, 1)), _roi_options((3, 2), 0)),
+    "map-1x1-sampling3-no-offset": (dict(size=(1, 1), offset=False), _roi_options((2, 2), 3)),
+    "output-larger-than-map": (dict(size=(2, 3)), _roi_options((7, 9), 0)),
+    "scale16-sampling9": (dict(size=(3, 2)), _roi_options((1, 2), 9, spatial_scale=1 / 16)),
 }
 
 
-@scatter_modes
-@index_widths
-@dtypes
+@every_variant
 @pytest.mark.parametrize("name", ROI_EDGES)
 def test_roi_pool_edges(monkeypatch, name, dtype, bits, deterministic):
     rng = numpy.random.default_rng(4100 + list(ROI_EDGES).index(name))
-    case = dict(ROI_EDGES[name])
-    options = dict(output_size=case.pop("output_size"),
-                   sampling_ratio=case.pop("sampling_ratio"),
-                   spatial_scale=case.pop("spatial_scale", 1.0), gamma=case.pop("gamma", 0.1))
-    arrays = _roi_arrays(rng, batch=2, channels=3, output_size=options["output_size"],
-                         spatial_scale=options["spatial_scale"], dtype=dtype, **case)
+    shapes, options = ROI_EDGES[name]
+    arrays = _roi_arrays(rng, options, dtype, **shapes)
     _run(ROI_POOL, deform_roi_pool, monkeypatch, rng, arrays, options, bits, deterministic)
 
 
 # --- deform_psroi_pool ----------------------------------------------------------------------
 
-def _psroi_arrays(rng, *, batch, size, output_dim, group_size, part_size, num_classes, dtype,
-                  spatial_scale):
+def _psroi_arrays(rng, options, dtype, *, size, num_classes):
     """RoIs whose rounded corners give whole roi sizes, and offsets in quarters: with
     ``trans_std = 0.25`` every bin moves by a whole or half multiple of the RoI size, so
     samples fall exactly on the skip borders -0.5 and H - 0.5 (W - 0.5)."""
     height, width = size
     boxes = numpy.vstack([_boxes_on_borders(height, width), [(0, 0, width - 1, height - 1),
                                                              (1, 1, 1, 1)]])
-    rois = numpy.column_stack([numpy.arange(len(boxes)) % batch, boxes / spatial_scale])
-    channels = output_dim * group_size**2
+    rois = numpy.column_stack([numpy.arange(len(boxes)) % 2, boxes / options["spatial_scale"]])
+    channels = options["output_dim"] * options["group_size"]**2
+    part = options["part_size"]
     offset = None
     if num_classes is not None:
-        offset = rng.integers(-8, 9, size=(len(boxes), 2 * num_classes, part_size,
-                                           part_size)) / 4
-    arrays = dict(input=rng.standard_normal((batch, channels, height, width)), rois=rois,
+        offset = rng.integers(-8, 9, size=(len(boxes), 2 * num_classes, part, part)) / 4
+    arrays = dict(input=rng.standard_normal((2, channels, height, width)), rois=rois,
                   offset=offset)
     return {k: None if v is None else v.astype(dtype) for k, v in arrays.items()}
 
 
+def _psroi_options(output_dim, group_size, pooled_size, part_size=None, sample_per_part=2,
+                   spatial_scale=1.0):
+    return dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
+                part_size=pooled_size if part_size is None else part_size,
+                sample_per_part=sample_per_part, spatial_scale=spatial_scale, trans_std=0.25)
+
+
 PSROI_EDGES = {
-    "borders": dict(size=(5, 4), output_dim=2, group_size=2, pooled_size=3, num_classes=2),
-    "map-1x1": dict(size=(1, 1), output_dim=2, group_size=1, pooled_size=3, num_classes=1),
-    "map-1x1-no-offset": dict(size=(1, 1), output_dim=3, group_size=2, pooled_size=2,
-                              num_classes=None),
-    "pooled-larger-than-map": dict(size=(2, 2), output_dim=1, group_size=7, pooled_size=7,
-                                   num_classes=1, sample_per_part=1),
-    "part-larger-than-pooled-samples9": dict(size=(3, 5), output_dim=2, group_size=1,
-                                             pooled_size=2, part_size=5, num_classes=2,
-                                             sample_per_part=9),
-    "scale16": dict(size=(4, 3), output_dim=2, group_size=3, pooled_size=3, num_classes=1,
-                    spatial_scale=1 / 16),
+    "borders": (dict(size=(5, 4), num_classes=2), _psroi_options(2, 2, 3)),
+    "map-1x1": (dict(size=(1, 1), num_classes=1), _psroi_options(2, 1, 3)),
+    "map-1x1-no-offset": (dict(size=(1, 1), num_classes=None), _psroi_options(3, 2, 2)),
+    "pooled-larger-than-map": (dict(size=(2, 2), num_classes=1),
+                               _psroi_options(1, 7, 7, sample_per_part=1)),
+    "part-larger-than-pooled-samples9": (dict(size=(3, 5), num_classes=2),
+                                         _psroi_options(2, 1, 2, part_size=5,
+                                                        sample_per_part=9)),
+    "scale16": (dict(size=(4, 3), num_classes=1), _psroi_options(2, 3, 3, spatial_scale=1 / 16)),
 }
 
 
-@scatter_modes
-@index_widths
-@dtypes
+@every_variant
 @pytest.mark.parametrize("name", PSROI_EDGES)
 def test_psroi_pool_edges(monkeypatch, name, dtype, bits, deterministic):
     rng = numpy.random.default_rng(4200 + list(PSROI_EDGES).index(name))
-    case = dict(PSROI_EDGES[name])
-    pooled_size = case.pop("pooled_size")
-    part_size = case.pop("part_size", pooled_size)
-    options = dict(output_dim=case["output_dim"], group_size=case["group_size"],
-                   pooled_size=pooled_size, part_size=part_size,
-                   sample_per_part=case.pop("sample_per_part", 2),
-                   spatial_scale=case.pop("spatial_scale", 1.0), trans_std=0.25)
-    arrays = _psroi_arrays(rng, batch=2, part_size=part_size, dtype=dtype,
-                           spatial_scale=options["spatial_scale"], **case)
+    shapes, options = PSROI_EDGES[name]
+    arrays = _psroi_arrays(rng, options, dtype, **shapes)
     _run(PSROI_POOL, deform_psroi_pool, monkeypatch, rng, arrays, options, bits, deterministic)
