@@ -11,6 +11,9 @@ the next call returns exactly what it returned before the fault.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy
 import pytest
 
@@ -108,12 +111,14 @@ def faulty_launch(k, fault):
 
 
 class FaultyAllocations:
-    """``numpy``, except that its k-th allocation raises ``fault``."""
+    """``numpy``, except that its k-th allocation (counted over all threads) raises
+    ``fault``."""
 
     ALLOCATIONS = ("empty", "zeros", "ones", "full", "empty_like", "zeros_like")
 
     def __init__(self, k, fault):
         self.k, self.fault, self.count = k, fault, 0
+        self._lock = threading.Lock()  # the NumPy path allocates in its worker threads
 
     def __getattr__(self, name):
         function = getattr(numpy, name)
@@ -121,8 +126,10 @@ class FaultyAllocations:
             return function
 
         def allocate(*args, **kwargs):
-            self.count += 1
-            if self.count == self.k:
+            with self._lock:
+                self.count += 1
+                fails = self.count == self.k
+            if fails:
                 raise self.fault(f"injected at allocation {self.k} ({name})")
             return function(*args, **kwargs)
         return allocate
@@ -197,6 +204,25 @@ def faulty_split(monkeypatch, fault):
 
     monkeypatch.setattr(parallel, "split", split)
     return arm
+
+
+def test_fault_in_a_parallel_part_returns_after_every_part(monkeypatch):
+    # Regression: when a part failed, split raised while the other parts still ran,
+    # so a failed call left work (and the memory it allocates) running behind it.
+    monkeypatch.setenv(parallel.ENVIRONMENT_VARIABLE, "2")
+    second_started, finished = threading.Event(), []
+
+    def part(part):
+        if part.start == 0:
+            assert second_started.wait(60)
+            raise MemoryError("injected")
+        second_started.set()
+        time.sleep(0.2)
+        finished.append(part)
+
+    with pytest.raises(MemoryError):
+        parallel.split(2, part)
+    assert finished == [slice(1, 2)]
 
 
 def _numpy_path_calls():

@@ -82,7 +82,8 @@ def split(count, function):
     with one worker; see :func:`_single_threaded_blas` for calls from several
     threads at once); the split depends only on ``count`` and the worker count,
     so results are reproducible for a given ``CUDEFORM_NUM_THREADS``.
-    Exceptions propagate.
+    Exceptions propagate once no part runs any more, so that a failed or interrupted
+    call leaves no work behind it.
     """
     workers = max(1, min(worker_count(), count))
     controller = _blas_controller()
@@ -94,4 +95,9 @@ def split(count, function):
         if workers == 1:
             return [function(parts[0])]
         futures = [_pool(workers).submit(function, part) for part in parts]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        finally:  # after a failure: cancel the parts not started, wait for the others
+            for future in futures:
+                future.cancel()
+            concurrent.futures.wait(futures)
