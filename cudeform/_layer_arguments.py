@@ -10,27 +10,13 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from cudeform._shapes import _finite_float, _positive_float, _positive_int, pair
+from cudeform import _shapes
+from cudeform._shapes import pair
 
 
 def positive_int(value: int, name: str) -> int:
-    """``value`` as an int >= 1, else ValueError naming ``name``."""
-    return _positive_int(value, name)
-
-
-def non_negative_int(value: int, name: str) -> int:
-    """``value`` as an int >= 0, else ValueError naming ``name``."""
-    return _positive_int(value, name, minimum=0)
-
-
-def positive_float(value: float, name: str) -> float:
-    """``value`` as a finite float > 0, else ValueError naming ``name``."""
-    return _positive_float(value, name)
-
-
-def finite_float(value: float, name: str) -> float:
-    """``value`` as a finite float, else ValueError naming ``name``."""
-    return _finite_float(value, name)
+    """``value`` as an int >= 1; else TypeError (not an int) or ValueError naming ``name``."""
+    return _shapes.integer(value, name, minimum=1)
 
 
 def divisor(value: int, name: str, **multiples: int) -> int:
@@ -60,22 +46,14 @@ def conv_geometry(kernel_size, stride, padding, dilation, *, names=("kernel_size
 
 def roi_pool_layer(output_size, spatial_scale, sampling_ratio, gamma):
     """The pooling options of a deformable RoI pooling layer, as the core takes them."""
-    return dict(output_size=pair(output_size, "output_size", minimum=1),
-                spatial_scale=positive_float(spatial_scale, "spatial_scale"),
-                sampling_ratio=non_negative_int(sampling_ratio, "sampling_ratio"),
-                gamma=finite_float(gamma, "gamma"))
+    return _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
 
 
 def psroi_pool_layer(output_dim, group_size, pooled_size, part_size, sample_per_part,
                      spatial_scale, trans_std, num_classes=1):
     """The options of a position-sensitive RoI pooling layer, as the core takes them
     (``num_classes`` checked against ``output_dim`` but not returned)."""
-    output_dim = positive_int(output_dim, "output_dim")
-    pooled_size = positive_int(pooled_size, "pooled_size")
-    divisor(num_classes, "num_classes", output_dim=output_dim)
-    return dict(output_dim=output_dim, group_size=positive_int(group_size, "group_size"),
-                pooled_size=pooled_size,
-                part_size=None if part_size is None else positive_int(part_size, "part_size"),
-                sample_per_part=positive_int(sample_per_part, "sample_per_part"),
-                spatial_scale=positive_float(spatial_scale, "spatial_scale"),
-                trans_std=finite_float(trans_std, "trans_std"))
+    options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+                                         sample_per_part, spatial_scale, trans_std)
+    divisor(num_classes, "num_classes", output_dim=options["output_dim"])
+    return options

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 from cudeform import _arrays
 from cudeform._cpu import deform_conv as cpu
 from cudeform._gpu import deform_conv as gpu
-from cudeform._shapes import check_grad_output, deform_conv2d_geometry
+from cudeform._shapes import deform_conv2d_geometry
 from cudeform._typing import Array, IntPair
 
 
@@ -24,13 +24,12 @@ class DeformConv2dGrads(NamedTuple):
 
 
 def _prepare(arrays, stride, padding, dilation):
-    xp, dtype, arrays = _arrays.prepare(arrays)
-    g = deform_conv2d_geometry(
-        arrays["input"].shape, arrays["offset"].shape, arrays["weight"].shape,
-        None if arrays["bias"] is None else arrays["bias"].shape,
-        None if arrays["mask"] is None else arrays["mask"].shape,
-        stride=stride, padding=padding, dilation=dilation)
-    return xp, dtype, g, arrays
+    def geometry(shapes):
+        return deform_conv2d_geometry(shapes["input"], shapes["offset"], shapes["weight"],
+                                      shapes["bias"], shapes["mask"], stride=stride,
+                                      padding=padding, dilation=dilation)
+
+    return _arrays.prepare(arrays, ("bias", "mask"), geometry)
 
 
 def deform_conv2d(input: Array, offset: Array, weight: Array, bias: Optional[Array] = None, *,
@@ -116,6 +115,5 @@ def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weig
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask,
                   grad_output=grad_output)
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
-    check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
     return DeformConv2dGrads(*_arrays.call(xp, dtype, cpu.backward, gpu.backward, args))

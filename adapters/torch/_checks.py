@@ -48,6 +48,11 @@ def check_tensors(tensors: Mapping[str, Optional[Tensor]]) -> None:
         ValueError: CUDA tensors on different GPUs.
     """
     present = {name: t for name, t in tensors.items() if t is not None}
+    for name, tensor in present.items():  # an unsupported dtype is named as such, not as a mix
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} has dtype {tensor.dtype}, which cudeform does not "
+                            f"support for tensors; expected one of "
+                            f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
     first = next(iter(present))
     reference = present[first]
     for name, tensor in present.items():
@@ -60,7 +65,3 @@ def check_tensors(tensors: Mapping[str, Optional[Tensor]]) -> None:
         if tensor.dtype != reference.dtype:
             raise TypeError(f"{name} has dtype {tensor.dtype} but {first} has dtype "
                             f"{reference.dtype}; pass tensors of one dtype")
-    if reference.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{first} has dtype {reference.dtype}, which cudeform does not "
-                        f"support; expected one of "
-                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
