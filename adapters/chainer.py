@@ -31,6 +31,7 @@ from chainer.utils import type_check  # noqa: E402
 from typing import Optional, Union  # noqa: E402
 
 import cudeform  # noqa: E402
+from cudeform import _arrays, _shapes  # noqa: E402
 from cudeform._typing import Array, IntPair  # noqa: E402
 
 #: What the functions take: a ``chainer.Variable`` or a NumPy/CuPy array.
@@ -49,13 +50,28 @@ def _no_double_backward(name):
         f"{name}: cudeform's backward is first order; double backward is not supported")
 
 
-def _expect_float_arrays(in_types, names, ndims):
-    """Name the inputs for Chainer's messages; each is a float array of its ndim and
-    the dtype of the first."""
+def check_inputs(inputs, optional=()):
+    """The core's rules for array arguments, with the adapter's names, before Chainer
+    sees the inputs: each one a Variable or an array (None only where ``optional``),
+    NumPy or CuPy but not both, of one dtype the device supports.
+
+    Raises:
+        TypeError: naming the argument (and, for a mix, both).
+        ValueError: CuPy arrays on different GPUs.
+    """
+    arrays = {name: value.array if isinstance(value, chainer.Variable) else value
+              for name, value in inputs.items()}
+    xp = _arrays.array_module(arrays, optional,
+                              expected="a chainer.Variable, numpy.ndarray or cupy.ndarray")
+    _arrays.common_dtype(arrays, xp)
+
+
+def _expect_ndims(in_types, names, ndims):
+    """Name the inputs for Chainer's messages; each has its ndim (their kinds and
+    dtypes were checked by :func:`check_inputs`)."""
     type_check._argname(in_types, names)
-    first = in_types[0]
     for t, ndim in zip(in_types, ndims):
-        type_check.expect(t.dtype.kind == "f", t.dtype == first.dtype, t.ndim == ndim)
+        type_check.expect(t.ndim == ndim)
 
 
 # --- deformable convolution -----------------------------------------------------------
@@ -65,7 +81,8 @@ class DeformConv2dFunction(function_node.FunctionNode):
     """Inputs ``(x, offset, W[, b][, mask])``; output ``y``."""
 
     def __init__(self, stride, pad, dilate, has_bias, has_mask):
-        self.options = dict(stride=stride, padding=pad, dilation=dilate)
+        self.options = _shapes.conv_options(stride, pad, dilate, names=("stride", "pad",
+                                                                         "dilate"))
         self.has_bias, self.has_mask = has_bias, has_mask
 
     def names(self):
@@ -81,7 +98,7 @@ class DeformConv2dFunction(function_node.FunctionNode):
     def check_type_forward(self, in_types):
         names = self.names()
         ndims = {"b": 1}
-        _expect_float_arrays(in_types, names, [ndims.get(n, 4) for n in names])
+        _expect_ndims(in_types, names, [ndims.get(n, 4) for n in names])
         x, offset = in_types[0], in_types[1]
         type_check.expect(offset.shape[0] == x.shape[0])
         if self.has_mask:
@@ -152,6 +169,7 @@ def deform_conv2d(x: Input, offset: Input, W: Input, b: Optional[Input] = None,
         array([[9., 9.],
                [9., 9.]], dtype=float32)
     """
+    check_inputs(dict(x=x, offset=offset, W=W, b=b, mask=mask), optional=("b", "mask"))
     node = DeformConv2dFunction(stride, pad, dilate, b is not None, mask is not None)
     inputs = [a for a in (x, offset, W, b, mask) if a is not None]
     return node.apply(inputs)[0]
@@ -168,7 +186,7 @@ class _RoIPoolFunction(function_node.FunctionNode):
 
     def check_type_forward(self, in_types):
         names = ("x", "rois") + ("offset",) * self.has_offset
-        _expect_float_arrays(in_types, names, (4, 2, 4)[:len(names)])
+        _expect_ndims(in_types, names, (4, 2, 4)[:len(names)])
         rois = in_types[1]
         type_check.expect(rois.shape[1] == 5)
         if self.has_offset:
@@ -230,8 +248,8 @@ def deform_roi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
         ~chainer.Variable[R, C, ph, pw]. Gradients flow to ``x`` and ``offset``
         (first order only).
     """
-    options = dict(output_size=output_size, spatial_scale=spatial_scale,
-                   sampling_ratio=sampling_ratio, gamma=gamma)
+    check_inputs(dict(x=x, rois=rois, offset=offset), optional=("offset",))
+    options = _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
     node = DeformRoIPoolFunction(offset is not None, options)
     return node.apply([a for a in (x, rois, offset) if a is not None])[0]
 
@@ -257,14 +275,24 @@ def deform_psroi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
         ~chainer.Variable[R, output_dim, pooled_size, pooled_size]. Gradients flow to
         ``x`` and ``offset`` (first order only).
     """
-    options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
-                   part_size=part_size, sample_per_part=sample_per_part,
-                   spatial_scale=spatial_scale, trans_std=trans_std)
+    check_inputs(dict(x=x, rois=rois, offset=offset), optional=("offset",))
+    options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+                                         sample_per_part, spatial_scale, trans_std)
     node = DeformPSRoIPoolFunction(offset is not None, options)
     return node.apply([a for a in (x, rois, offset) if a is not None])[0]
 
 
 # --- offset layout of chainer.functions.deformable_convolution_2d_sampler -------------
+
+
+def _sampler_offset_shape(offset):
+    """The shape of a one-group offset (either layout): 4-D, with an even channel count."""
+    check_inputs(dict(offset=offset))
+    _shapes.require_ndim(offset.shape, 4, "offset")
+    if offset.shape[1] % 2:
+        raise ValueError(f"offset.shape[1] is not valid: expected an even number 2*kh*kw, "
+                         f"got {offset.shape[1]}")
+    return offset.shape
 
 
 def offset_from_chainer_sampler(offset: Input) -> chainer.Variable:
@@ -297,7 +325,7 @@ def offset_from_chainer_sampler(offset: Input) -> chainer.Variable:
     Returns:
         ~chainer.Variable of the same shape, cudeform's layout (differentiable).
     """
-    n, channels, height, width = offset.shape
+    n, channels, height, width = _sampler_offset_shape(offset)
     dx, dy = chainer.functions.split_axis(offset, 2, axis=1)
     pairs = chainer.functions.stack([dy, dx], axis=2)  # (N, kh*kw, 2, H, W)
     return chainer.functions.reshape(pairs, (n, channels, height, width))
@@ -315,7 +343,7 @@ def offset_to_chainer_sampler(offset: Input) -> chainer.Variable:
     Returns:
         ~chainer.Variable of the same shape, Chainer's layout (differentiable).
     """
-    n, channels, height, width = offset.shape
+    n, channels, height, width = _sampler_offset_shape(offset)
     pairs = chainer.functions.reshape(offset, (n, channels // 2, 2, height, width))
     dy, dx = chainer.functions.separate(pairs, axis=2)
     return chainer.functions.concat([dx, dy], axis=1)

@@ -58,12 +58,14 @@ def _type_name(value):
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
 
 
-def array_module(arrays, optional=()):
+def array_module(arrays, optional=(), expected="a numpy.ndarray or cupy.ndarray"):
     """The module (numpy or cupy) of ``arrays``, a dict ``{name: array or None}``.
 
     Args:
         arrays: the op's array arguments by name.
         optional: the names that may be None (absent).
+        expected: what the messages say an argument must be (an adapter that unwraps
+            its own types first says so).
 
     Raises:
         TypeError: an argument is not an array (None where one is required, a list, a
@@ -79,8 +81,7 @@ def array_module(arrays, optional=()):
         elif _is_cupy(array):
             kinds[name] = "cupy"
         else:
-            raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, "
-                            f"got {_type_name(array)}")
+            raise TypeError(f"{name} must be {expected}, got {_type_name(array)}")
     if len(set(kinds.values())) > 1:
         numpy_name = next(n for n, k in kinds.items() if k == "numpy")
         cupy_name = next(n for n, k in kinds.items() if k == "cupy")

@@ -128,11 +128,12 @@ def finite_number(value, name):
     return number
 
 
-def conv_options(stride, padding, dilation):
-    """The options of a ``deform_conv2d`` call, validated, as pairs of Python ints."""
-    return dict(stride=pair(stride, "stride", minimum=1),
-                padding=pair(padding, "padding", minimum=0),
-                dilation=pair(dilation, "dilation", minimum=1))
+def conv_options(stride, padding, dilation, names=("stride", "padding", "dilation")):
+    """The options of a ``deform_conv2d`` call, validated, as pairs of Python ints
+    (``names``: the caller's names for them, e.g. Chainer's ``pad`` and ``dilate``)."""
+    return dict(stride=pair(stride, names[0], minimum=1),
+                padding=pair(padding, names[1], minimum=0),
+                dilation=pair(dilation, names[2], minimum=1))
 
 
 def roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma):
@@ -162,7 +163,8 @@ def conv_output_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _require_ndim(shape, ndim, name):
+def require_ndim(shape, ndim, name):
+    """ValueError naming ``name`` unless ``shape`` has ``ndim`` dimensions."""
     if len(shape) != ndim:
         raise ValueError(
             f"{name} is not valid: expected a {ndim}-D array, got shape {tuple(shape)}"
@@ -218,8 +220,8 @@ class ConvGeometry:
 
 def _conv_layout(input_shape, weight_shape, options):
     """The checks of a convolution's input and weight: ``(groups, out_h, out_w)``."""
-    _require_ndim(input_shape, 4, "input")
-    _require_ndim(weight_shape, 4, "weight")
+    require_ndim(input_shape, 4, "input")
+    require_ndim(weight_shape, 4, "weight")
     in_channels, height, width = input_shape[1:]
     out_channels, group_channels, kernel_h, kernel_w = weight_shape
     if out_channels < 1 or group_channels < 1 or kernel_h < 1 or kernel_w < 1:
@@ -271,7 +273,7 @@ def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=N
     """
     options = conv_options(stride, padding, dilation)
     groups, out_h, out_w = _conv_layout(input_shape, weight_shape, options)
-    _require_ndim(offset_shape, 4, "offset")
+    require_ndim(offset_shape, 4, "offset")
     batch, in_channels, height, width = input_shape
     out_channels, _, kernel_h, kernel_w = weight_shape
 
@@ -302,18 +304,42 @@ def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=N
     return geometry
 
 
+def check_declared_groups(input_shape, offset_shape, weight_shape, *, groups,
+                          deform_groups):
+    """For APIs that take the group counts as arguments (mmcv's): they must be the
+    counts ``deform_conv2d`` infers from the shapes. Shapes the op rejects by itself
+    (not 4-D, channels that do not divide) are left to its own checks.
+
+    Raises:
+        TypeError: ``groups`` or ``deform_groups`` is not an int.
+        ValueError: naming it, with the count the shapes give.
+    """
+    groups = integer(groups, "groups", minimum=1)
+    deform_groups = integer(deform_groups, "deform_groups", minimum=1)
+    if len(input_shape) != 4 or len(offset_shape) != 4 or len(weight_shape) != 4:
+        return
+    declared = (("groups", groups, "input.shape[1] // weight.shape[1]", input_shape[1],
+                 weight_shape[1]),
+                ("deform_groups", deform_groups, "offset.shape[1] // (2*kh*kw)",
+                 offset_shape[1], 2 * weight_shape[2] * weight_shape[3]))
+    for name, value, formula, channels, per_group in declared:
+        if per_group >= 1 and channels % per_group == 0 and value * per_group != channels:
+            raise ValueError(f"{name} is not valid: expected {formula} = {channels} // "
+                             f"{per_group} = {channels // per_group}, got {value}")
+
+
 def check_grad_output(grad_output_shape, expected_shape):
     """Validate ``grad_output`` against the shape the forward produced."""
-    _require_ndim(grad_output_shape, len(expected_shape), "grad_output")
+    require_ndim(grad_output_shape, len(expected_shape), "grad_output")
     _require_shape(grad_output_shape, expected_shape, "grad_output")
 
 
 def _check_input_and_rois(input_shape, rois_shape):
-    _require_ndim(input_shape, 4, "input")
+    require_ndim(input_shape, 4, "input")
     if input_shape[1] < 1 or input_shape[2] < 1 or input_shape[3] < 1:
         raise ValueError(f"input.shape is not valid: expected positive channels, height and "
                          f"width, got {tuple(input_shape)}")
-    _require_ndim(rois_shape, 2, "rois")
+    require_ndim(rois_shape, 2, "rois")
     if rois_shape[1] != 5:
         raise ValueError(f"rois.shape is not valid: expected (R, 5) rows of (batch_index, x1, "
                          f"y1, x2, y2), got {tuple(rois_shape)}")
@@ -404,7 +430,7 @@ def deform_psroi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, ou
             f"{output_dim * group_size * group_size}, got {channels}")
     num_classes = 1
     if offset_shape is not None:
-        _require_ndim(offset_shape, 4, "offset")
+        require_ndim(offset_shape, 4, "offset")
         offset_channels = offset_shape[1]
         if offset_channels < 2 or offset_channels % 2:
             raise ValueError(f"offset.shape[1] is not valid: expected a positive even number "
