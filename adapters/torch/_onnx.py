@@ -84,4 +84,5 @@ def refuse_export(op_name: str, what: str) -> None:
         return
     raise RuntimeError(f"cudeform::{op_name} cannot be exported to ONNX: ONNX has no "
                        f"{what} operator (of cudeform's ops, only deform_conv2d exports, "
-                       f"as DeformConv)")
+                       f"as DeformConv). Export the part of the model before it (e.g. the "
+                       f"backbone) and run the pooling in PyTorch.")
