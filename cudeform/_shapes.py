@@ -228,7 +228,10 @@ def _conv_layout(input_shape, weight_shape, options):
         raise ValueError(
             f"weight.shape is not valid: expected positive sizes, got {tuple(weight_shape)}"
         )
-    if in_channels < 1 or in_channels % group_channels:
+    if in_channels < 1:
+        raise ValueError(f"input.shape[1] is not valid: expected a positive number of "
+                         f"channels, got {in_channels}")
+    if in_channels % group_channels:
         raise ValueError(
             f"weight.shape[1] is not valid: expected a divisor of input.shape[1]="
             f"{in_channels}, got {group_channels}"
