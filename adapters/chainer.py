@@ -8,6 +8,12 @@ wraps and registers. NumPy arrays run on the CPU and CuPy arrays on their GPU (t
 arrays are handed over as they are, no DLPack). The backward is first order: taking
 the gradient of a gradient raises ``NotImplementedError``. ``rois`` gets no gradient.
 
+Arguments follow the core's rules, checked before Chainer sees them: an argument of the
+wrong kind or dtype, or an option of the wrong kind, is a ``TypeError`` that names it
+by the adapter's name (``x``, ``W``, ``b``, ``pad``, ``dilate``); a shape or value that
+breaks the contract is the core's ``ValueError``, whose shape messages name the core's
+arguments (``input``, ``weight``, ``bias``).
+
 The links (:class:`DeformConv2d`, :class:`DeformConv2dPack`,
 :class:`ModulatedDeformConv2dPack`, :class:`DeformRoIPoolPack`,
 :class:`DeformPSRoIPoolPack`) live in ``chainer_links.py`` and are importable from here.
@@ -26,7 +32,6 @@ from cudeform.adapters import _chainer_compat  # noqa: F401  (before chainer)
 import chainer  # noqa: E402
 import chainer.functions  # noqa: E402
 from chainer import function_node  # noqa: E402
-from chainer.utils import type_check  # noqa: E402
 
 from typing import Optional, Union  # noqa: E402
 
@@ -66,14 +71,6 @@ def check_inputs(inputs, optional=()):
     _arrays.common_dtype(arrays, xp)
 
 
-def _expect_ndims(in_types, names, ndims):
-    """Name the inputs for Chainer's messages; each has its ndim (their kinds and
-    dtypes were checked by :func:`check_inputs`)."""
-    type_check._argname(in_types, names)
-    for t, ndim in zip(in_types, ndims):
-        type_check.expect(t.ndim == ndim)
-
-
 # --- deformable convolution -----------------------------------------------------------
 
 
@@ -85,24 +82,12 @@ class DeformConv2dFunction(function_node.FunctionNode):
                                                                          "dilate"))
         self.has_bias, self.has_mask = has_bias, has_mask
 
-    def names(self):
-        return ("x", "offset", "W") + ("b",) * self.has_bias + ("mask",) * self.has_mask
-
     def split(self, inputs):
         """``(x, offset, W, b or None, mask or None)`` from the positional inputs."""
         x, offset, W, *rest = inputs
         b = rest.pop(0) if self.has_bias else None
         mask = rest.pop(0) if self.has_mask else None
         return x, offset, W, b, mask
-
-    def check_type_forward(self, in_types):
-        names = self.names()
-        ndims = {"b": 1}
-        _expect_ndims(in_types, names, [ndims.get(n, 4) for n in names])
-        x, offset = in_types[0], in_types[1]
-        type_check.expect(offset.shape[0] == x.shape[0])
-        if self.has_mask:
-            type_check.expect(in_types[-1].shape[0] == x.shape[0])
 
     def forward(self, inputs):
         self.retain_inputs(tuple(range(len(inputs))))
@@ -183,14 +168,6 @@ class _RoIPoolFunction(function_node.FunctionNode):
 
     def __init__(self, has_offset, options):
         self.has_offset, self.options = has_offset, options
-
-    def check_type_forward(self, in_types):
-        names = ("x", "rois") + ("offset",) * self.has_offset
-        _expect_ndims(in_types, names, (4, 2, 4)[:len(names)])
-        rois = in_types[1]
-        type_check.expect(rois.shape[1] == 5)
-        if self.has_offset:
-            type_check.expect(in_types[2].shape[0] == rois.shape[0])
 
     def forward(self, inputs):
         self.retain_inputs(tuple(range(len(inputs))))

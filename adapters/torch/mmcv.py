@@ -63,8 +63,9 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair
     """
     if bias is not False:  # a tensor is a TypeError, True a ValueError
         error = ValueError if isinstance(bias, bool) else TypeError
+        given = "None" if bias is None else f"{type(bias).__name__} {bias!r}"
         raise error(f"bias is not valid: mmcv's deform_conv2d takes bias=False only; use "
-                    f"modulated_deform_conv2d for a bias tensor, got {bias!r}")
+                    f"modulated_deform_conv2d for a bias tensor, got {given}")
     positive_int(im2col_step, "im2col_step")
     require_tensors(dict(input=input, offset=offset, weight=weight))
     check_declared_groups(input.shape, offset.shape, weight.shape, groups=groups,
@@ -132,7 +133,7 @@ class DeformConv2d(DeformConvLayer):
                  groups: int = 1, deform_groups: int = 1, bias: bool = False,
                  im2col_step: int = 32) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, deform_groups)
+                         groups, bias, positive_int(deform_groups, "deform_groups"))
         self.im2col_step = positive_int(im2col_step, "im2col_step")
         self.transposed = False  # nn.Conv2d's attributes, as mmcv sets them
         self.output_padding = (0,)
@@ -204,7 +205,7 @@ class ModulatedDeformConv2d(DeformConvLayer):
                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
                  groups: int = 1, deform_groups: int = 1, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, deform_groups)
+                         groups, bias, positive_int(deform_groups, "deform_groups"))
         self.transposed = False
         self.output_padding = (0,)
         self.init_weights()
