@@ -63,7 +63,10 @@ def deform_conv2d(input: Array, offset: Array, weight: Array, bias: Optional[Arr
         :func:`cudeform.workspace_limit`, so any batch size works.
 
     Raises:
-        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        TypeError: an array argument that is not an array (None where one is
+            required, a list), an unsupported dtype, mixed dtypes or array kinds, or an
+            option of the wrong kind (a string, None, a bool or a float where an int
+            goes); the message names the argument.
         ValueError: a shape or value that breaks the contract; the message names
             the argument, what was expected and what was given.
 

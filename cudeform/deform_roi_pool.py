@@ -63,7 +63,10 @@ def deform_roi_pool(input: Array, rois: Array, offset: Optional[Array] = None, *
         (also float16 and bfloat16, accumulated in float32).
 
     Raises:
-        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        TypeError: an array argument that is not an array (None where one is
+            required, a list), an unsupported dtype, mixed dtypes or array kinds, or an
+            option of the wrong kind (a string, None, a bool or a float where an int
+            goes); the message names the argument.
         ValueError: a shape or parameter that breaks the contract, named in the message.
     """
     options = dict(output_size=output_size, spatial_scale=spatial_scale,
