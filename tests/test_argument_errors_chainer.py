@@ -4,7 +4,6 @@ argument of every link, and the Pack links' check of their input."""
 
 from __future__ import annotations
 
-import inspect
 import re
 
 import numpy
@@ -15,6 +14,11 @@ from cudeform.adapters import _chainer_compat  # noqa: F401  (numpy.sctypes, bef
 chainer = pytest.importorskip("chainer")
 
 from cudeform.adapters import chainer as adapter  # noqa: E402
+from tests.argument_tables import (  # noqa: E402
+    WRONG_KIND_OPTIONS, array_cases, call_with, check_layer_argument,
+    check_nan_or_negative_option, check_wrong_kind_option, layer_argument_cases,
+    option_cases, run_valid_calls,
+)
 
 EXPECTED = "a chainer.Variable, numpy.ndarray or cupy.ndarray"
 
@@ -51,70 +55,41 @@ FUNCTIONS = {
 }
 
 
-def _arrays():
-    for name, (_, valid, optional) in FUNCTIONS.items():
-        for argument in valid()[0]:
-            yield name, argument, argument in optional
-
-
-def _options():
-    for name, (_, valid, _) in FUNCTIONS.items():
-        for option in valid()[1]:
-            yield name, option
-
-
 def test_every_valid_call_runs():
-    for run, valid, _ in FUNCTIONS.values():
-        arrays, options = valid()
-        run(**arrays, **options)
+    run_valid_calls(FUNCTIONS)
 
 
-@pytest.mark.parametrize("function, argument, optional", list(_arrays()))
+@pytest.mark.parametrize("function, argument, optional", list(array_cases(FUNCTIONS)))
 def test_an_array_of_the_wrong_kind_names_it(function, argument, optional):
-    run, valid, _ = FUNCTIONS[function]
-    arrays, options = valid()
-    junk = {"list": arrays[argument].tolist(), "float": 1.0, "str": "x"}
+    array = FUNCTIONS[function][1]()[0][argument]
+    junk = {"list": array.tolist(), "float": 1.0, "str": "x"}
     if not optional:
         junk["NoneType"] = None
     for kind, value in junk.items():
         with pytest.raises(TypeError, match=rf"^{argument} must be {EXPECTED}, got {kind}$"):
-            run(**{**arrays, argument: value}, **options)
-    # A Variable is taken as its array.
-    run(**{**arrays, argument: chainer.Variable(arrays[argument])}, **options)
+            call_with(FUNCTIONS, function, **{argument: value})
+    call_with(FUNCTIONS, function, **{argument: chainer.Variable(array)})  # taken as its array
 
 
-@pytest.mark.parametrize("function, argument, optional", list(_arrays()))
+@pytest.mark.parametrize("function, argument, optional", list(array_cases(FUNCTIONS)))
 @pytest.mark.parametrize("dtype", [object, numpy.int32, numpy.complex64, numpy.bool_,
                                    numpy.float16])
 def test_an_unsupported_dtype_is_named_as_such(function, argument, optional, dtype):
-    run, valid, _ = FUNCTIONS[function]
-    arrays, options = valid()
-    bad = arrays[argument].astype(dtype)
+    bad = FUNCTIONS[function][1]()[0][argument].astype(dtype)
     with pytest.raises(TypeError, match=rf"^{argument} has dtype {re.escape(str(bad.dtype))}, "
                                         r"which NumPy \(CPU\) arrays do not support"):
-        run(**{**arrays, argument: bad}, **options)
+        call_with(FUNCTIONS, function, **{argument: bad})
 
 
-@pytest.mark.parametrize("function, option", list(_options()))
-@pytest.mark.parametrize("value", ["0.5", None])
+@pytest.mark.parametrize("function, option", list(option_cases(FUNCTIONS)))
+@pytest.mark.parametrize("value", WRONG_KIND_OPTIONS)
 def test_an_option_of_the_wrong_kind_names_it(function, option, value):
-    run, valid, _ = FUNCTIONS[function]
-    arrays, options = valid()
-    if option == "part_size" and value is None:
-        value = "2"  # None is part_size's default
-    given = "None" if value is None else f"str {value!r}"
-    with pytest.raises(TypeError, match=rf"^{option} is not valid: expected .*, got "
-                                        rf"{re.escape(given)}$"):
-        run(**arrays, **{**options, option: value})
+    check_wrong_kind_option(FUNCTIONS, function, option, value)
 
 
-@pytest.mark.parametrize("function, option", list(_options()))
+@pytest.mark.parametrize("function, option", list(option_cases(FUNCTIONS)))
 def test_nan_or_a_negative_option_names_it(function, option):
-    run, valid, _ = FUNCTIONS[function]
-    arrays, options = valid()
-    value = float("nan") if option in ("spatial_scale", "gamma", "trans_std") else -1
-    with pytest.raises(ValueError, match=rf"^{option} is not valid: expected "):
-        run(**arrays, **{**options, option: value})
+    check_nan_or_negative_option(FUNCTIONS, function, option)
 
 
 def test_a_sampler_offset_of_the_wrong_shape_names_it():
@@ -139,19 +114,10 @@ LINKS = {
 INITIALIZERS = ("initialW", "initial_bias")  # Chainer initializers, not scalar options
 
 
-def _link_arguments():
-    for link, required in LINKS.items():
-        for name in inspect.signature(link).parameters:
-            if name not in INITIALIZERS:
-                yield pytest.param(link, required, name, id=f"{link.__name__}-{name}")
-
-
-@pytest.mark.parametrize("link, required, argument", list(_link_arguments()))
+@pytest.mark.parametrize("link, required, argument",
+                         list(layer_argument_cases(LINKS, skip=INITIALIZERS)))
 def test_every_scalar_argument_of_every_link_is_type_checked(link, required, argument):
-    link(**required)
-    for value in ("1", b"1", object()):
-        with pytest.raises(TypeError, match=rf"^{argument} is not valid: expected "):
-            link(**{**required, argument: value})
+    check_layer_argument(link, required, argument)
 
 
 @pytest.mark.parametrize("pack", [adapter.DeformConv2dPack, adapter.ModulatedDeformConv2dPack])

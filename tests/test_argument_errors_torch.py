@@ -4,9 +4,6 @@ layer, and the Pack layers' check of their input."""
 
 from __future__ import annotations
 
-import inspect
-import re
-
 import numpy
 import pytest
 
@@ -14,6 +11,11 @@ torch = pytest.importorskip("torch")
 
 from cudeform.adapters import torch as adapter  # noqa: E402
 from cudeform.adapters.torch import functional, mmcv  # noqa: E402
+from tests.argument_tables import (  # noqa: E402
+    WRONG_KIND_OPTIONS, array_cases, call_with, check_layer_argument,
+    check_nan_or_negative_option, check_wrong_kind_option, layer_argument_cases,
+    option_cases, run_valid_calls,
+)
 
 
 def _conv():
@@ -56,69 +58,42 @@ FUNCTIONS = {
 }
 
 
-def _tensors():
-    for name, (_, valid, optional) in FUNCTIONS.items():
-        for argument in valid()[0]:
-            yield name, argument, argument in optional
-
-
-def _options():
-    for name, (_, valid, _) in FUNCTIONS.items():
-        for option in valid()[1]:
-            yield name, option
-
-
 def test_every_valid_call_runs():
-    for run, valid, _ in FUNCTIONS.values():
-        arrays, options = valid()
-        run(**arrays, **options)
+    run_valid_calls(FUNCTIONS)
 
 
-@pytest.mark.parametrize("function, argument, optional", list(_tensors()))
+@pytest.mark.parametrize("function, argument, optional", list(array_cases(FUNCTIONS)))
 def test_a_tensor_argument_of_the_wrong_kind_names_it(function, argument, optional):
-    run, valid, _ = FUNCTIONS[function]
-    arrays, options = valid()
-    junk = {"list": arrays[argument].tolist(), "numpy.ndarray": arrays[argument].numpy(),
-            "float": 1.0, "str": "input"}
+    tensor = FUNCTIONS[function][1]()[0][argument]
+    junk = {"list": tensor.tolist(), "numpy.ndarray": tensor.numpy(), "float": 1.0,
+            "str": "input"}
     if not optional:
         junk["NoneType"] = None
     for kind, value in junk.items():
         with pytest.raises(TypeError, match=rf"^{argument} must be a torch.Tensor, got {kind}$"):
-            run(**{**arrays, argument: value}, **options)
+            call_with(FUNCTIONS, function, **{argument: value})
 
 
-@pytest.mark.parametrize("function, argument, optional", list(_tensors()))
+@pytest.mark.parametrize("function, argument, optional", list(array_cases(FUNCTIONS)))
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool,
                                    torch.complex64])
 def test_an_unsupported_dtype_is_named_as_such(function, argument, optional, dtype):
-    run, valid, _ = FUNCTIONS[function]
-    arrays, options = valid()
+    bad = FUNCTIONS[function][1]()[0][argument].to(dtype)
     with pytest.raises(TypeError, match=rf"^{argument} has dtype {dtype}, which cudeform does "
                                         r"not support for tensors; expected one of "):
-        run(**{**arrays, argument: arrays[argument].to(dtype)}, **options)
+        call_with(FUNCTIONS, function, **{argument: bad})
 
 
-@pytest.mark.parametrize("function, option", list(_options()))
-@pytest.mark.parametrize("value", ["0.5", None])
+@pytest.mark.parametrize("function, option", list(option_cases(FUNCTIONS)))
+@pytest.mark.parametrize("value", WRONG_KIND_OPTIONS)
 def test_an_option_of_the_wrong_kind_names_it(function, option, value):
-    run, valid, _ = FUNCTIONS[function]
-    arrays, options = valid()
-    if option == "part_size" and value is None:
-        value = "2"  # None is part_size's default
-    given = "None" if value is None else f"str {value!r}"
-    with pytest.raises(TypeError, match=rf"^{option} is not valid: .*, got "
-                                        rf"{re.escape(given)}$"):
-        run(**arrays, **{**options, option: value})
+    check_wrong_kind_option(FUNCTIONS, function, option, value)
 
 
 @pytest.mark.parametrize("function, option", [
-    (name, option) for name, option in _options() if option != "bias"])
+    (name, option) for name, option in option_cases(FUNCTIONS) if option != "bias"])
 def test_nan_or_a_negative_option_names_it(function, option):
-    run, valid, _ = FUNCTIONS[function]
-    arrays, options = valid()
-    value = float("nan") if option in ("spatial_scale", "gamma", "trans_std") else -1
-    with pytest.raises(ValueError, match=rf"^{option} is not valid: expected "):
-        run(**arrays, **{**options, option: value})
+    check_nan_or_negative_option(FUNCTIONS, function, option)
 
 
 # --- layers ---------------------------------------------------------------------------
@@ -139,21 +114,9 @@ LAYERS = {
 }
 
 
-def _layer_arguments():
-    for layer, required in LAYERS.items():
-        for name in inspect.signature(layer).parameters:
-            yield pytest.param(layer, required, name, id=f"{layer.__qualname__}-{name}")
-
-
-@pytest.mark.parametrize("layer, required, argument", list(_layer_arguments()))
+@pytest.mark.parametrize("layer, required, argument", list(layer_argument_cases(LAYERS)))
 def test_every_scalar_argument_of_every_layer_is_type_checked(layer, required, argument):
-    layer(**required)
-    for value in ("1", b"1", object()):
-        with pytest.raises(TypeError, match=rf"^{argument} is not valid: expected "):
-            layer(**{**required, argument: value})
-    if inspect.signature(layer).parameters[argument].default is not None:
-        with pytest.raises(TypeError, match=rf"^{argument} is not valid: expected .*, got None$"):
-            layer(**{**required, argument: None})
+    check_layer_argument(layer, required, argument)
 
 
 # --- Pack layers: the input checks of the layers without an offset branch ---------------
