@@ -22,6 +22,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from tests import fuzz_calls  # noqa: E402
 from tests.fuzz_calls import OPS, arguments, check_outcome, corruptions  # noqa: E402
+from tests.gpu import NO_GPU, cupy  # noqa: E402
 
 # Each example makes a few tiny arrays and fails its checks (or runs a tiny op).
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -54,6 +55,37 @@ def test_fuzz_invalid_core_calls(op, backward, data):
     check_outcome(lambda: function(**kwargs), call, corruption)
 
 
+# --- CuPy arrays (on a GPU) -------------------------------------------------------------
+
+
+def _cupy_array(spec, floats):
+    dtype = floats.get(numpy.dtype(spec.dtype).name, spec.dtype)
+    if spec.large:
+        return cupy.broadcast_to(cupy.zeros((), dtype), spec.shape)
+    return cupy.zeros(spec.shape, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_GPU is not None, reason=str(NO_GPU))
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("op", sorted(OPS))
+@FUZZ
+@given(data=st.data())
+def test_fuzz_invalid_cupy_calls(op, backward, data):
+    floats = data.draw(st.permutations([numpy.float16, numpy.float32, numpy.float64]),
+                       label="float dtypes")
+    caller = types.SimpleNamespace(
+        kinds=ALL_KINDS, option_values=fuzz_calls.option_values,
+        make=functools.partial(_cupy_array, floats=dict(float32=floats[0], float64=floats[1])),
+        bad_dtypes=[numpy.int32, numpy.int64, numpy.uint8, numpy.bool_, numpy.complex64],
+        junk=lambda array: [array.tolist(), 1.0, "input", numpy.zeros(array.shape), object()])
+    call = data.draw(OPS[op](), label="valid call")
+    corruption = data.draw(corruptions(call, backward, caller), label="corruption")
+    kwargs = arguments(call, corruption, backward, caller.make)
+    function = call.backward if backward else call.forward
+    check_outcome(lambda: function(**kwargs), call, corruption)
+
+
 # --- the PyTorch adapter ----------------------------------------------------------------
 
 
@@ -61,20 +93,21 @@ def _torch():
     return pytest.importorskip("torch")
 
 
-def _torch_array(spec, floats):
-    """The tensor of ``spec``; its NumPy float dtypes become the torch dtypes ``floats``
-    maps them to (so that 16-bit tensors are fuzzed too, and a mix stays a mix)."""
+def _torch_array(spec, floats, device):
+    """The tensor of ``spec`` on ``device``; its NumPy float dtypes become the torch
+    dtypes ``floats`` maps them to (so that 16-bit tensors are fuzzed too, and a mix
+    stays a mix)."""
     torch = _torch()
     dtype = spec.dtype if isinstance(spec.dtype, torch.dtype) else \
         floats[numpy.dtype(spec.dtype).name]
     if spec.large:
-        return torch.zeros((), dtype=dtype).expand(spec.shape)
-    return torch.zeros(spec.shape, dtype=dtype)
+        return torch.zeros((), dtype=dtype, device=device).expand(spec.shape)
+    return torch.zeros(spec.shape, dtype=dtype, device=device)
 
 
-def _torch_caller(floats, *, backward):
+def _torch_caller(floats, device, *, backward):
     torch = _torch()
-    make = functools.partial(_torch_array, floats=floats)
+    make = functools.partial(_torch_array, floats=floats, device=device)
     bad_dtypes = [torch.int32, torch.int64, torch.uint8, torch.int8, torch.bool,
                   torch.complex64]
     if not backward:  # the functional ops: every kind of corruption
@@ -82,7 +115,7 @@ def _torch_caller(floats, *, backward):
             kinds=ALL_KINDS, option_values=fuzz_calls.option_values, make=make,
             bad_dtypes=bad_dtypes,
             junk=lambda array: [array.tolist(), 1.0, "input", numpy.zeros(array.shape),
-                                object()])
+                                object()] + [torch.zeros(array.shape)] * (device != "cpu"))
     # torch.ops.cudeform.<op>_backward: the dispatcher checks the schema's Python kinds
     # (a str for an int[] is its own RuntimeError), so only values of the right kind.
     return types.SimpleNamespace(
@@ -123,15 +156,29 @@ def _backward_op(op, kwargs):
     return lambda: getattr(torch.ops.cudeform, f"{op}_backward")(**kwargs)
 
 
+def _torch_sees_no_gpu():
+    try:
+        import torch
+    except ImportError:
+        return True
+    return not torch.cuda.is_available()
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    _torch_sees_no_gpu(), reason="PyTorch sees no CUDA device")])]
+
+
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 @pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("device", DEVICES)
 @FUZZ
 @given(data=st.data())
-def test_fuzz_invalid_torch_calls(op, backward, data):
+def test_fuzz_invalid_torch_calls(device, op, backward, data):
     torch = _torch()
     floats = data.draw(st.permutations([torch.float16, torch.bfloat16, torch.float32,
                                         torch.float64]), label="float dtypes")
-    caller = _torch_caller(dict(float32=floats[0], float64=floats[1]), backward=backward)
+    caller = _torch_caller(dict(float32=floats[0], float64=floats[1]), device,
+                           backward=backward)
     call = data.draw(OPS[op](), label="valid call")
     corruption = data.draw(corruptions(call, backward, caller), label="corruption")
     kwargs = arguments(call, corruption, backward, caller.make)
