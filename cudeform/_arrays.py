@@ -113,6 +113,21 @@ def contiguous(xp, array):
     return None if array is None else xp.ascontiguousarray(array)
 
 
+def device_of(xp, arrays):
+    """A context manager that makes the GPU of ``arrays`` (CuPy arrays of one device,
+    a dict ``{name: array or None}``) current; a no-op for NumPy arrays."""
+    if xp is numpy:
+        return contextlib.nullcontext()
+    return next(a for a in arrays.values() if a is not None).device
+
+
+def contiguous_arrays(xp, arrays):
+    """``arrays`` with every array C-contiguous; the copies are made on the arrays' GPU,
+    whatever device is current."""
+    with device_of(xp, arrays):
+        return {name: contiguous(xp, a) for name, a in arrays.items()}
+
+
 def prepare(arrays):
     """Dispatch and dtype checks for one op call.
 
@@ -120,11 +135,11 @@ def prepare(arrays):
         arrays: dict ``{name: array or None}``; the first entry names the dtype reference.
 
     Returns:
-        ``(xp, dtype, arrays)`` with every array C-contiguous.
+        ``(xp, dtype, arrays)`` with every array C-contiguous, on the arrays' device.
     """
     xp = array_module(arrays)
     dtype = common_dtype(arrays, xp)
-    return xp, dtype, {name: contiguous(xp, a) for name, a in arrays.items()}
+    return xp, dtype, contiguous_arrays(xp, arrays)
 
 
 def call(xp, dtype, cpu_function, gpu_function, args):
