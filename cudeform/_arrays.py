@@ -165,9 +165,12 @@ def on_gpu(array, dtype):
     import cupy
 
     from cudeform import _modes
-    from cudeform._gpu.gemm import default_gemm
+    from cudeform._gpu.gemm import default_gemm, reproducible_workspace
     from cudeform._gpu.launch import cuda_launch
 
+    deterministic = _modes.is_deterministic()
+    if deterministic:
+        reproducible_workspace()  # before CuPy's cuBLAS handle of this thread exists
     with array.device:  # allocate and launch on the arrays' GPU
         yield dict(dtype_name=element_type(dtype, cupy), xp=cupy, launch=cuda_launch,
-                   gemm=default_gemm(cupy), deterministic=_modes.is_deterministic())
+                   gemm=default_gemm(cupy), deterministic=deterministic)
