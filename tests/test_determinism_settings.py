@@ -27,7 +27,9 @@ def restore_modes(monkeypatch):
     monkeypatch.setattr(_modes, "_deterministic", None)
     monkeypatch.setattr(_modes, "_allow_tf32", False)
     monkeypatch.delenv(_modes.DETERMINISTIC_VARIABLE, raising=False)
-    monkeypatch.delenv(gemm.CUBLAS_WORKSPACE_VARIABLE, raising=False)
+    # setenv first, so that a value the test makes is removed afterwards
+    monkeypatch.setenv(gemm.CUBLAS_WORKSPACE_VARIABLE, "")
+    monkeypatch.delenv(gemm.CUBLAS_WORKSPACE_VARIABLE)
     monkeypatch.setattr(gemm, "_warned_configs", set())
 
 
