@@ -50,6 +50,9 @@ export OUT=${OUT:-$PWD/gpu-session-out}
 PY=${PYTHON:-$(command -v python || command -v python3)}
 SESSION_LIMIT=${SESSION_LIMIT:-465}
 SUMMARY=$OUT/summary.md
+# The image's Python may be marked externally managed (PEP 668); the machine is thrown
+# away after the session, so pip may install into it.
+export PIP_BREAK_SYSTEM_PACKAGES=1 PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 PYTEST=("$PY" -m pytest -p no:cacheprovider -q -rfEs)
 
 # record STAGE STATUS NUMBERS SECONDS: one row of summary.md (| in text becomes /).

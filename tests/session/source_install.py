@@ -13,7 +13,9 @@ purelib folder); prints the files it wrote.
 from __future__ import annotations
 
 import configparser
+import os
 import pathlib
+import site
 import sys
 import sysconfig
 
@@ -78,7 +80,18 @@ def install(site_dir, root=ROOT):
     return finder, pth
 
 
+def default_site_dir():
+    """This interpreter's purelib folder, or the user's site folder when that is not
+    writable (both are read at start-up with their ``.pth`` files)."""
+    purelib = pathlib.Path(sysconfig.get_paths()["purelib"])
+    if os.access(purelib, os.W_OK):
+        return purelib
+    user = pathlib.Path(site.getusersitepackages())
+    user.mkdir(parents=True, exist_ok=True)
+    return user
+
+
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else sysconfig.get_paths()["purelib"]
+    target = sys.argv[1] if len(sys.argv) > 1 else default_site_dir()
     for path in install(target):
         print(f"wrote {path}")
