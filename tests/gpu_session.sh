@@ -45,7 +45,8 @@
 # Settings: SESSION_LIMIT (default 465 s from the start; no stage starts or runs past
 # it), PYTHON (default: python, else python3).
 set -u
-cd "$(dirname "$0")/.."
+SCRIPT="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$SCRIPT")/.."
 export OUT=${OUT:-$PWD/gpu-session-out}
 PY=${PYTHON:-$(command -v python || command -v python3)}
 SESSION_LIMIT=${SESSION_LIMIT:-465}
@@ -88,13 +89,14 @@ stage() {
     return 124
   fi
   if [ "$(type -t "$1")" = function ]; then
-    set -- bash "$0" --run "$@"
+    set -- bash "$SCRIPT" --run "$@"
   fi
   timeout -s INT -k 10 "$seconds" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
   case $rc in
     0) status=passed ;;
     124) status="time limit (${seconds} s)"; failures=$((failures + 1)) ;;
+    137) status="time limit (${seconds} s, killed 10 s later)"; failures=$((failures + 1)) ;;
     *) status="FAILED (exit $rc)"; failures=$((failures + 1)) ;;
   esac
   record "$name" "$status" "$(key_numbers "$OUT/$name.log")" $((SECONDS - start))
