@@ -17,8 +17,8 @@
 #   3 bench         150   S1-S4 and batch 16, fwd and fwd+bwd, 3 dtypes, every GPU peer
 #                         found (torchvision, deformops, onnxruntime CUDA, cuDNN), peak
 #                         memory, deterministic vs default backward (rows kept at SIGINT)
-#   4 gpu-tests      90   pytest -m gpu (sanitizer tests left to 5 and 7), then the NVRTC,
-#                         resource and occupancy tests
+#   4 gpu-tests      90   pytest -m gpu, the ops' own files first (sanitizer tests left to
+#                         5 and 7), then the NVRTC, resource and occupancy tests
 #   5 memcheck       60   compute-sanitizer memcheck, small cases of all three ops, both
 #                         scatter modes, both index widths (3 sanitizer processes)
 #   6 determinism    30   two deterministic runs in two processes, compared bit for bit
@@ -164,8 +164,18 @@ determinism() {
     return 1
   fi
 }
+# The ops' own GPU tests first, then every other file with GPU tests (adapters last: the
+# inductor test compiles for a while).
+CORE_GPU_TESTS=(tests/test_deform_conv_gpu.py tests/test_deform_roi_pool_gpu.py
+                tests/test_deform_psroi_pool_gpu.py tests/test_determinism_gpu.py
+                tests/test_gemm_gpu.py tests/test_device_placement.py)
 gpu_tests() {
-  "${PYTEST[@]}" -m gpu -k "not compute_sanitizer" --junitxml="$OUT/gpu_tests.xml" tests
+  local others
+  others=$(grep -l -E 'requires_gpu|mark\.gpu' tests/test_*.py \
+           | grep -v -x -F -f <(printf '%s\n' "${CORE_GPU_TESTS[@]}"))
+  # shellcheck disable=SC2086  # one file name per word
+  "${PYTEST[@]}" -m gpu -k "not compute_sanitizer" --junitxml="$OUT/gpu_tests.xml" \
+    "${CORE_GPU_TESTS[@]}" $others
   local rc=$?
   [ "$rc" -eq 2 ] && return 2  # interrupted at the time limit
   "${PYTEST[@]}" --junitxml="$OUT/nvrtc_tests.xml" tests/test_kernels_nvrtc.py \
