@@ -6,6 +6,7 @@ import importlib
 import sys
 from typing import List, Optional
 
+from cudeform import adapters  # noqa: F401  (says so when a source folder shadows the package)
 from cudeform._cli import USAGE_STATUS, UsageError
 
 COMMANDS = {"tour": "cudeform._tour", "demo": "cudeform._demo", "bench": "cudeform._bench"}
