@@ -6,8 +6,10 @@ import importlib
 import sys
 from typing import List, Optional
 
-from cudeform import adapters  # noqa: F401  (says so when a source folder shadows the package)
 from cudeform._cli import USAGE_STATUS, UsageError
+
+# Its import says so when a source folder named cudeform shadows the installed package.
+importlib.import_module("cudeform.adapters")
 
 COMMANDS = {"tour": "cudeform._tour", "demo": "cudeform._demo", "bench": "cudeform._bench"}
 USAGE = "usage: python -m cudeform [--version] [tour|demo|bench] [options]"
