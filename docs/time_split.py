@@ -8,8 +8,13 @@ BLAS held to one thread as always), and times every GEMM inside the real call: t
 whose operands are both matrices go through a clock. The backward's scatter
 (``_scatter``) is clocked the same way. Everything else in the call is "sampling and
 the rest". onnxruntime's ``DeformConv`` forward on one thread, when it is installed,
-runs interleaved with cudeform's forward for comparison. Each figure is the median
-over the rounds.
+runs interleaved with cudeform's forward for comparison.
+
+Times are the CPU time of the calling thread (``time.thread_time``): everything runs on
+that one thread (BLAS and onnxruntime too, each held to one thread), so on an idle
+machine this is the wall time, and on a busy one it leaves out the time the thread
+waits for a core. Each row shows the round whose total is the median of the rounds,
+with its parts; onnxruntime's figure is its median.
 
 Regenerate the performance page's table with::
 
@@ -39,6 +44,9 @@ from cudeform._cpu import columns as columns_module  # noqa: E402
 from cudeform._cpu import deform_conv as conv_module  # noqa: E402
 
 
+clock = time.thread_time
+
+
 class Clocks:
     """Seconds spent in GEMMs and in the input-gradient scatter during one call."""
 
@@ -63,9 +71,9 @@ class _GemmClockedNumpy:
     def matmul(self, a, b, *args, **kwargs):
         if numpy.ndim(b) < 2 or numpy.shape(b)[-1] == 1:
             return numpy.matmul(a, b, *args, **kwargs)
-        start = time.perf_counter()
+        start = clock()
         result = numpy.matmul(a, b, *args, **kwargs)
-        self._clocks.gemm += time.perf_counter() - start
+        self._clocks.gemm += clock() - start
         return result
 
 
@@ -76,9 +84,9 @@ def clocked(clocks):
     scatter = conv_module._scatter
 
     def clocked_scatter(*args):
-        start = time.perf_counter()
+        start = clock()
         scatter(*args)
-        clocks.scatter += time.perf_counter() - start
+        clocks.scatter += clock() - start
 
     proxy = _GemmClockedNumpy(clocks)
     saved = conv_module.numpy, columns_module.numpy
@@ -99,9 +107,9 @@ def _split(call):
     """``(total, gemm, scatter)`` seconds of one clocked ``call()``."""
     clocks = Clocks()
     with clocked(clocks):
-        start = time.perf_counter()
+        start = clock()
         call()
-        total = time.perf_counter() - start
+        total = clock() - start
     return total, clocks.gemm, clocks.scatter
 
 
@@ -116,7 +124,8 @@ def _onnxruntime_forward(case, arrays):
 
 
 def measure(case, rounds):
-    """Rows ``{layer, pass, total, gemm, scatter, rest, onnxruntime}`` (medians, ms)."""
+    """Rows ``{layer, pass, total, gemm, scatter, rest, onnxruntime}`` in ms: the parts of
+    the median round, and onnxruntime's median."""
     arrays = case.arrays()
     x, offset, weight = arrays["input"], arrays["offset"], arrays["weight"]
     options = _options(case, arrays)
@@ -133,13 +142,13 @@ def measure(case, rounds):
         for _ in range(rounds):
             samples.append(_split(call))
             if name == "fwd" and onnxruntime is not None:
-                start = time.perf_counter()
+                start = clock()
                 onnxruntime()
-                peer.append(time.perf_counter() - start)
-        total, gemm, scatter = (statistics.median(column) * 1e3 for column in zip(*samples))
-        rest = statistics.median(t - g - s for t, g, s in samples) * 1e3
+                peer.append(clock() - start)
+        total, gemm, scatter = (seconds * 1e3 for seconds in sorted(samples)[len(samples) // 2])
         rows.append(dict(layer=case.name, passes=name, total=total, gemm=gemm,
-                         scatter=scatter if name == "bwd" else None, rest=rest,
+                         scatter=scatter if name == "bwd" else None,
+                         rest=total - gemm - scatter,
                          onnxruntime=statistics.median(peer) * 1e3 if peer else None))
     return rows
 
@@ -152,7 +161,8 @@ def markdown(rows, cases, machine):
     """The table, after a line naming the machine (with its load average at the start
     and at the end) and the library versions."""
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine}; load average at the end "
-             f"{os.getloadavg()[0]:.2f}; cudeform on 1 thread; {environment.versions()}.",
+             f"{os.getloadavg()[0]:.2f}; one thread, CPU time of the thread; "
+             f"{environment.versions()}.",
              "",
              "| layer | pass | total ms | GEMM ms | GEMM share | input-gradient scatter ms "
              "| sampling and the rest ms | onnxruntime fwd ms |",
