@@ -224,6 +224,15 @@ def deform_roi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
     Returns:
         ~chainer.Variable[R, C, ph, pw]. Gradients flow to ``x`` and ``offset``
         (first order only).
+
+    Example:
+        >>> import numpy as np
+        >>> from cudeform.adapters.chainer import deform_roi_pool
+        >>> x = np.tile(np.arange(8, dtype=np.float32), (1, 1, 8, 1))  # x[..., i, j] = j
+        >>> rois = np.array([[0, 0, 0, 4, 4]], np.float32)
+        >>> deform_roi_pool(x, rois, output_size=2).array[0, 0]  # RoIAlign: mean column
+        array([[0.5, 2.5],
+               [0.5, 2.5]], dtype=float32)
     """
     check_inputs(dict(x=x, rois=rois, offset=offset), optional=("offset",))
     options = _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
@@ -245,12 +254,22 @@ def deform_psroi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
             coordinates, of ``x``'s dtype. It gets no gradient.
         offset (Variable or ndarray[R, 2*num_classes, part_size, part_size], optional):
             normalised offsets, channel ``2*cls`` dx and ``2*cls+1`` dy.
-        output_dim, group_size, pooled_size, part_size, sample_per_part,
-        spatial_scale, trans_std: as in :func:`cudeform.deform_psroi_pool`.
+        output_dim, group_size, pooled_size, part_size, sample_per_part, spatial_scale, trans_std:
+            as in :func:`cudeform.deform_psroi_pool`.
 
     Returns:
         ~chainer.Variable[R, output_dim, pooled_size, pooled_size]. Gradients flow to
         ``x`` and ``offset`` (first order only).
+
+    Example:
+        >>> import numpy as np
+        >>> from cudeform.adapters.chainer import deform_psroi_pool
+        >>> x = np.ones((1, 4, 6, 6), np.float32) * np.arange(4, dtype=np.float32)[:, None, None]
+        >>> rois = np.array([[0, 0, 0, 5, 5]], np.float32)
+        >>> # each bin reads its own score map: bin (i, j) reads channel i*2 + j
+        >>> deform_psroi_pool(x, rois, output_dim=1, group_size=2, pooled_size=2).array[0, 0]
+        array([[0., 1.],
+               [2., 3.]], dtype=float32)
     """
     check_inputs(dict(x=x, rois=rois, offset=offset), optional=("offset",))
     options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
@@ -301,6 +320,14 @@ def offset_from_chainer_sampler(offset: Input) -> chainer.Variable:
 
     Returns:
         ~chainer.Variable of the same shape, cudeform's layout (differentiable).
+
+    Example:
+        >>> import numpy as np
+        >>> from cudeform.adapters.chainer import offset_from_chainer_sampler
+        >>> chainer_offset = np.array([10, 11, 20, 21], np.float32).reshape(1, 4, 1, 1)
+        >>> # a 1x2 kernel: dx of taps 0 and 1, then dy of taps 0 and 1
+        >>> offset_from_chainer_sampler(chainer_offset).array.ravel()  # (dy, dx) per tap
+        array([20., 10., 21., 11.], dtype=float32)
     """
     n, channels, height, width = _sampler_offset_shape(offset)
     dx, dy = chainer.functions.split_axis(offset, 2, axis=1)
@@ -319,6 +346,13 @@ def offset_to_chainer_sampler(offset: Input) -> chainer.Variable:
 
     Returns:
         ~chainer.Variable of the same shape, Chainer's layout (differentiable).
+
+    Example:
+        >>> import numpy as np
+        >>> from cudeform.adapters.chainer import offset_to_chainer_sampler
+        >>> offset = np.array([20, 10, 21, 11], np.float32).reshape(1, 4, 1, 1)  # (dy, dx) per tap
+        >>> offset_to_chainer_sampler(offset).array.ravel()  # all dx, then all dy
+        array([10., 11., 20., 21.], dtype=float32)
     """
     n, channels, height, width = _sampler_offset_shape(offset)
     pairs = chainer.functions.reshape(offset, (n, channels // 2, 2, height, width))

@@ -36,6 +36,13 @@ def workspace_limit() -> int:
     On the GPU it bounds every buffer that an op allocates besides its outputs and
     gradients (see the GPU host logic's ``workspace_per_image``); on the CPU, the
     per-chunk buffers of the NumPy path.
+
+    Example:
+        >>> import cudeform
+        >>> cudeform.set_workspace_limit(64 * 2**20)
+        >>> cudeform.workspace_limit()
+        67108864
+        >>> cudeform.set_workspace_limit(None)  # back to $CUDEFORM_WORKSPACE_LIMIT or 256 MiB
     """
     if _limit is not None:
         return _limit
@@ -55,6 +62,13 @@ def set_workspace_limit(nbytes: Optional[int]) -> None:
     Raises:
         TypeError: ``nbytes`` is not an int (a float, a string or a bool) or None.
         ValueError: ``nbytes`` is below 1.
+
+    Example:
+        >>> import cudeform
+        >>> cudeform.set_workspace_limit(2**30)  # 1 GiB
+        >>> cudeform.workspace_limit()
+        1073741824
+        >>> cudeform.set_workspace_limit(None)
     """
     global _limit
     if nbytes is None:

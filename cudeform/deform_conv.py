@@ -114,6 +114,20 @@ def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weig
         border taps) is outside the open range, so its coordinate gradient is 0, as in
         mmcv; torchvision takes the derivative from above there. This is a first-order
         backward: it has no gradient of its own (no double backward).
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.ones((1, 1, 4, 4), np.float32)
+        >>> w = np.ones((1, 1, 3, 3), np.float32)
+        >>> offset = np.zeros((1, 18, 2, 2), np.float32)
+        >>> g = cudeform.deform_conv2d_backward(np.ones((1, 1, 2, 2), np.float32), x, offset, w)
+        >>> g.input[0, 0]  # how many outputs read each pixel
+        array([[1., 2., 2., 1.],
+               [2., 4., 4., 2.],
+               [2., 4., 4., 2.],
+               [1., 2., 2., 1.]], dtype=float32)
+        >>> g.bias is None and g.mask is None  # the forward had neither
+        True
     """
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask,
                   grad_output=grad_output)

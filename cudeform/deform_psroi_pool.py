@@ -70,6 +70,15 @@ def deform_psroi_pool(input: Array, rois: Array, offset: Optional[Array] = None,
             option of the wrong kind (a string, None, a bool or a float where an int
             goes); the message names the argument.
         ValueError: a shape or parameter that breaks the contract, named in the message.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.ones((1, 4, 6, 6), np.float32) * np.arange(4, dtype=np.float32)[:, None, None]
+        >>> rois = np.array([[0, 0, 0, 5, 5]], np.float32)
+        >>> # each bin reads its own score map: bin (i, j) reads channel i*2 + j
+        >>> cudeform.deform_psroi_pool(x, rois, output_dim=1, group_size=2, pooled_size=2)[0, 0]
+        array([[0., 1.],
+               [2., 3.]], dtype=float32)
     """
     options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
                    part_size=part_size, sample_per_part=sample_per_part,
@@ -102,6 +111,17 @@ def deform_psroi_pool_backward(grad_output: Array, input: Array, rois: Array,
         position (0 where floor == ceil). On the GPU the input gradient is
         accumulated with float atomics (bit-identical from run to run in
         deterministic mode, :func:`cudeform.set_deterministic`). First order only.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.ones((1, 4, 6, 6), np.float32)
+        >>> rois = np.array([[0, 0, 0, 5, 5]], np.float32)
+        >>> g = cudeform.deform_psroi_pool_backward(np.ones((1, 1, 2, 2), np.float32), x, rois,
+        ...                                         output_dim=1, group_size=2, pooled_size=2)
+        >>> g.input.sum(axis=(0, 2, 3))  # each bin's samples weigh 1 in all, on its channel
+        array([1., 1., 1., 1.], dtype=float32)
+        >>> g.offset is None
+        True
     """
     options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
                    part_size=part_size, sample_per_part=sample_per_part,

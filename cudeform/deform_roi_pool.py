@@ -68,6 +68,19 @@ def deform_roi_pool(input: Array, rois: Array, offset: Optional[Array] = None, *
             option of the wrong kind (a string, None, a bool or a float where an int
             goes); the message names the argument.
         ValueError: a shape or parameter that breaks the contract, named in the message.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.tile(np.arange(8, dtype=np.float32), (1, 1, 8, 1))  # x[..., i, j] = j
+        >>> rois = np.array([[0, 0, 0, 4, 4]], np.float32)
+        >>> cudeform.deform_roi_pool(x, rois, output_size=2)[0, 0]  # RoIAlign: mean column
+        array([[0.5, 2.5],
+               [0.5, 2.5]], dtype=float32)
+        >>> offset = np.zeros((1, 2, 2, 2), np.float32)
+        >>> offset[:, 0] = 0.5  # dx: half a RoI width, times gamma
+        >>> cudeform.deform_roi_pool(x, rois, offset, output_size=2, gamma=0.25)[0, 0]
+        array([[1., 3.],
+               [1., 3.]], dtype=float32)
     """
     options = dict(output_size=output_size, spatial_scale=spatial_scale,
                    sampling_ratio=sampling_ratio, gamma=gamma)
@@ -98,6 +111,20 @@ def deform_roi_pool_backward(grad_output: Array, input: Array, rois: Array,
         GPU the input gradient is accumulated with float atomics (bit-identical from
         run to run in deterministic mode, :func:`cudeform.set_deterministic`). First
         order only.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.tile(np.arange(8, dtype=np.float32), (1, 1, 8, 1))  # x[..., i, j] = j
+        >>> rois = np.array([[0, 0, 0, 4, 4]], np.float32)
+        >>> offset = np.zeros((1, 2, 2, 2), np.float32)
+        >>> offset[:, 0] = 0.5  # dx: bins half a RoI width (times gamma) right, inside the map
+        >>> g = cudeform.deform_roi_pool_backward(np.ones((1, 1, 2, 2), np.float32), x, rois,
+        ...                                       offset, output_size=2, gamma=0.25)
+        >>> g.offset[0, 0]  # d/d(dx): gamma * roi_w * slope = 0.25 * 4 * 1
+        array([[1., 1.],
+               [1., 1.]], dtype=float32)
+        >>> float(g.input.sum())  # each of the 4 bins spreads a weight of 1
+        4.0
     """
     options = dict(output_size=output_size, spatial_scale=spatial_scale,
                    sampling_ratio=sampling_ratio, gamma=gamma)

@@ -57,6 +57,20 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor,
             an unsupported dtype, or an option of the wrong kind (a string, None, a
             bool or a float where an int is expected).
         ValueError: a shape or value that breaks the contract (the core's message).
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import deform_conv2d
+        >>> x = torch.ones(1, 1, 4, 4)
+        >>> weight = torch.ones(1, 1, 3, 3)
+        >>> offset = torch.zeros(1, 18, 2, 2, requires_grad=True)
+        >>> y = deform_conv2d(x, offset, weight)
+        >>> y.detach()[0, 0]
+        tensor([[9., 9.],
+                [9., 9.]])
+        >>> y.sum().backward()
+        >>> offset.grad.shape
+        torch.Size([1, 18, 2, 2])
     """
     require_tensors(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask),
                     optional=("bias", "mask"))
@@ -93,6 +107,15 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None
             an unsupported dtype, or an option of the wrong kind (e.g. a string).
         ValueError: a shape or option value that breaks the contract.
         RuntimeError: inside ``torch.onnx.export``, which has no such operator.
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import deform_roi_pool
+        >>> x = torch.arange(8.0).repeat(1, 1, 8, 1)  # x[..., i, j] = j
+        >>> rois = torch.tensor([[0.0, 0, 0, 4, 4]])
+        >>> deform_roi_pool(x, rois, output_size=2)[0, 0]  # RoIAlign: mean column
+        tensor([[0.5000, 2.5000],
+                [0.5000, 2.5000]])
     """
     require_tensors(dict(input=input, rois=rois, offset=offset), optional=("offset",))
     _onnx.refuse_export("deform_roi_pool", "deformable RoI pooling")
@@ -126,6 +149,16 @@ def deform_psroi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = No
             an unsupported dtype, or an option of the wrong kind (e.g. a string).
         ValueError: a shape or option value that breaks the contract.
         RuntimeError: inside ``torch.onnx.export``, which has no such operator.
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import deform_psroi_pool
+        >>> x = torch.arange(4.0).view(1, 4, 1, 1) * torch.ones(1, 4, 6, 6)
+        >>> rois = torch.tensor([[0.0, 0, 0, 5, 5]])
+        >>> # each bin reads its own score map: bin (i, j) reads channel i*2 + j
+        >>> deform_psroi_pool(x, rois, output_dim=1, group_size=2, pooled_size=2)[0, 0]
+        tensor([[0., 1.],
+                [2., 3.]])
     """
     require_tensors(dict(input=input, rois=rois, offset=offset), optional=("offset",))
     _onnx.refuse_export("deform_psroi_pool", "deformable position-sensitive RoI pooling")

@@ -60,6 +60,14 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair
 
     Returns:
         Tensor[N, C_out, H_out, W_out].
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import mmcv
+        >>> x, weight = torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3)
+        >>> mmcv.deform_conv2d(x, torch.zeros(1, 18, 2, 2), weight, 1, 0, 1, 1, 1)[0, 0]
+        tensor([[9., 9.],
+                [9., 9.]])
     """
     if bias is not False:  # a tensor is a TypeError, True a ValueError
         error = ValueError if isinstance(bias, bool) else TypeError
@@ -89,6 +97,15 @@ def modulated_deform_conv2d(input: Tensor, offset: Tensor, mask: Tensor, weight:
 
     Returns:
         Tensor[N, C_out, H_out, W_out].
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import mmcv
+        >>> x, weight, bias = torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3), torch.ones(1)
+        >>> mask = torch.full((1, 9, 2, 2), 0.5)  # every tap at half weight
+        >>> mmcv.modulated_deform_conv2d(x, torch.zeros(1, 18, 2, 2), mask, weight, bias)[0, 0]
+        tensor([[5.5000, 5.5000],
+                [5.5000, 5.5000]])
     """
     require_tensors(dict(input=input, offset=offset, mask=mask, weight=weight, bias=bias),
                     optional=("bias",))
@@ -102,7 +119,16 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor],
                     output_size: IntPair, spatial_scale: float = 1.0,
                     sampling_ratio: int = 0, gamma: float = 0.1) -> Tensor:
     """mmcv's ``deform_roi_pool``, positional; see
-    :func:`cudeform.adapters.torch.deform_roi_pool`. Returns Tensor[R, C, ph, pw]."""
+    :func:`cudeform.adapters.torch.deform_roi_pool`. Returns Tensor[R, C, ph, pw].
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import mmcv
+        >>> x = torch.arange(8.0).repeat(1, 1, 8, 1)  # x[..., i, j] = j
+        >>> mmcv.deform_roi_pool(x, torch.tensor([[0.0, 0, 0, 4, 4]]), None, 2)[0, 0]
+        tensor([[0.5000, 2.5000],
+                [0.5000, 2.5000]])
+    """
     return functional.deform_roi_pool(input, rois, offset, output_size=output_size,
                                       spatial_scale=spatial_scale,
                                       sampling_ratio=sampling_ratio, gamma=gamma)
