@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 from cudeform import _arrays
 from cudeform._cpu import deform_psroi_pool as cpu
 from cudeform._gpu import deform_psroi_pool as gpu
-from cudeform._shapes import check_grad_output, deform_psroi_pool_geometry
+from cudeform._shapes import deform_psroi_pool_geometry
 from cudeform._typing import Array
 
 
@@ -20,11 +20,10 @@ class DeformPSRoIPoolGrads(NamedTuple):
 
 
 def _prepare(arrays, options):
-    xp, dtype, arrays = _arrays.prepare(arrays)
-    offset = arrays["offset"]
-    g = deform_psroi_pool_geometry(arrays["input"].shape, arrays["rois"].shape,
-                                   None if offset is None else offset.shape, **options)
-    return xp, dtype, g, arrays
+    def geometry(shapes):
+        return deform_psroi_pool_geometry(shapes["input"], shapes["rois"], shapes["offset"], **options)
+
+    return _arrays.prepare(arrays, ("offset",), geometry)
 
 
 def deform_psroi_pool(input: Array, rois: Array, offset: Optional[Array] = None, *,
@@ -66,7 +65,10 @@ def deform_psroi_pool(input: Array, rois: Array, offset: Optional[Array] = None,
         bfloat16, accumulated in float32).
 
     Raises:
-        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        TypeError: an array argument that is not an array (None where one is
+            required, a list), an unsupported dtype, mixed dtypes or array kinds, or an
+            option of the wrong kind (a string, None, a bool or a float where an int
+            goes); the message names the argument.
         ValueError: a shape or parameter that breaks the contract, named in the message.
 
     Example:
@@ -126,6 +128,5 @@ def deform_psroi_pool_backward(grad_output: Array, input: Array, rois: Array,
                    spatial_scale=spatial_scale, trans_std=trans_std)
     xp, dtype, g, a = _prepare(
         dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
-    check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
     return DeformPSRoIPoolGrads(*_arrays.call(xp, dtype, cpu.backward, gpu.backward, args))

@@ -34,7 +34,6 @@ from torch import Tensor
 
 from cudeform import _arrays, _modes
 from cudeform.adapters.torch._allocator import owning_tensor, torch_allocations
-from cudeform.adapters.torch._checks import check_tensors
 
 __all__ = ["run_core"]
 
@@ -124,15 +123,15 @@ def run_core(function: Callable, tensors: Mapping[str, Optional[Tensor]],
 
     Args:
         function: a public core function, e.g. :func:`cudeform.deform_conv2d`.
-        tensors: its array arguments by name (None for an absent optional one); the
-            first entry sets the device and dtype, the others must match it.
+        tensors: its array arguments by name (None for an absent optional one), checked
+            by :func:`cudeform.adapters.torch._checks.checked_call`; the first entry
+            sets the device and dtype, the others match it.
         options: its other (keyword) arguments.
 
     Returns:
         The core's result (an array, or a tuple of arrays and Nones) as C-contiguous
         tensors of the inputs' dtype on their device.
     """
-    check_tensors(tensors)
     reference = next(t for t in tensors.values() if t is not None)
     dtype = reference.dtype
     compute = _compute_dtype(reference.device, dtype)

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from cudeform._shapes import pair
+from cudeform import _shapes
 from cudeform._typing import IntPair
 from cudeform.adapters.torch import _onnx
 from cudeform.adapters.torch._checks import require_tensors
@@ -53,8 +53,9 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor,
         coordinate gradient (mmcv's rule; torchvision differentiates from above there).
 
     Raises:
-        TypeError: a tensor argument that is not a tensor, mixed devices, mixed dtypes
-            or an unsupported dtype.
+        TypeError: a tensor argument that is not a tensor, mixed devices, mixed dtypes,
+            an unsupported dtype, or an option of the wrong kind (a string, None, a
+            bool or a float where an int is expected).
         ValueError: a shape or value that breaks the contract (the core's message).
 
     Example:
@@ -73,20 +74,13 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor,
     """
     require_tensors(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask),
                     optional=("bias", "mask"))
-    stride = list(pair(stride, "stride", minimum=1))
-    padding = list(pair(padding, "padding", minimum=0))
-    dilation = list(pair(dilation, "dilation", minimum=1))
+    stride, padding, dilation = (list(pair) for pair in
+                                 _shapes.conv_options(stride, padding, dilation).values())
     if _onnx.exporting_to_onnx():
         return _onnx.deform_conv2d_node(input, offset, weight, bias, stride, padding,
                                         dilation, mask)
     return torch.ops.cudeform.deform_conv2d(input, offset, weight, bias, stride, padding,
                                             dilation, mask)
-
-
-def _real(value):
-    """A Python float for the schema's ``float``; other values go on to fail there."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else value
 
 
 def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None, *,
@@ -109,6 +103,9 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None
         order only).
 
     Raises:
+        TypeError: a tensor argument that is not a tensor, mixed devices, mixed dtypes,
+            an unsupported dtype, or an option of the wrong kind (e.g. a string).
+        ValueError: a shape or option value that breaks the contract.
         RuntimeError: inside ``torch.onnx.export``, which has no such operator.
 
     Example:
@@ -122,10 +119,9 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None
     """
     require_tensors(dict(input=input, rois=rois, offset=offset), optional=("offset",))
     _onnx.refuse_export("deform_roi_pool", "deformable RoI pooling")
-    output_size = list(pair(output_size, "output_size", minimum=1))
-    return torch.ops.cudeform.deform_roi_pool(input, rois, offset, output_size,
-                                              _real(spatial_scale), sampling_ratio,
-                                              _real(gamma))
+    options = _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
+    options["output_size"] = list(options["output_size"])
+    return torch.ops.cudeform.deform_roi_pool(input, rois, offset, **options)
 
 
 def deform_psroi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None, *,
@@ -149,6 +145,9 @@ def deform_psroi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = No
         to input and offset (first order only).
 
     Raises:
+        TypeError: a tensor argument that is not a tensor, mixed devices, mixed dtypes,
+            an unsupported dtype, or an option of the wrong kind (e.g. a string).
+        ValueError: a shape or option value that breaks the contract.
         RuntimeError: inside ``torch.onnx.export``, which has no such operator.
 
     Example:
@@ -163,7 +162,8 @@ def deform_psroi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = No
     """
     require_tensors(dict(input=input, rois=rois, offset=offset), optional=("offset",))
     _onnx.refuse_export("deform_psroi_pool", "deformable position-sensitive RoI pooling")
-    part_size = pooled_size if part_size is None else part_size
-    return torch.ops.cudeform.deform_psroi_pool(input, rois, offset, output_dim, group_size,
-                                                pooled_size, part_size, sample_per_part,
-                                                _real(spatial_scale), _real(trans_std))
+    options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+                                         sample_per_part, spatial_scale, trans_std)
+    if options["part_size"] is None:
+        options["part_size"] = options["pooled_size"]
+    return torch.ops.cudeform.deform_psroi_pool(input, rois, offset, **options)
