@@ -8,6 +8,12 @@ wraps and registers. NumPy arrays run on the CPU and CuPy arrays on their GPU (t
 arrays are handed over as they are, no DLPack). The backward is first order: taking
 the gradient of a gradient raises ``NotImplementedError``. ``rois`` gets no gradient.
 
+Arguments follow the core's rules, checked before Chainer sees them: an argument of the
+wrong kind or dtype, or an option of the wrong kind, is a ``TypeError`` that names it
+by the adapter's name (``x``, ``W``, ``b``, ``pad``, ``dilate``); a shape or value that
+breaks the contract is the core's ``ValueError``, whose shape messages name the core's
+arguments (``input``, ``weight``, ``bias``).
+
 The links (:class:`DeformConv2d`, :class:`DeformConv2dPack`,
 :class:`ModulatedDeformConv2dPack`, :class:`DeformRoIPoolPack`,
 :class:`DeformPSRoIPoolPack`) live in ``chainer_links.py`` and are importable from here.
@@ -26,11 +32,11 @@ from cudeform.adapters import _chainer_compat  # noqa: F401  (before chainer)
 import chainer  # noqa: E402
 import chainer.functions  # noqa: E402
 from chainer import function_node  # noqa: E402
-from chainer.utils import type_check  # noqa: E402
 
 from typing import Optional, Union  # noqa: E402
 
 import cudeform  # noqa: E402
+from cudeform import _arrays, _shapes  # noqa: E402
 from cudeform._typing import Array, IntPair  # noqa: E402
 
 #: What the functions take: a ``chainer.Variable`` or a NumPy/CuPy array.
@@ -49,13 +55,20 @@ def _no_double_backward(name):
         f"{name}: cudeform's backward is first order; double backward is not supported")
 
 
-def _expect_float_arrays(in_types, names, ndims):
-    """Name the inputs for Chainer's messages; each is a float array of its ndim and
-    the dtype of the first."""
-    type_check._argname(in_types, names)
-    first = in_types[0]
-    for t, ndim in zip(in_types, ndims):
-        type_check.expect(t.dtype.kind == "f", t.dtype == first.dtype, t.ndim == ndim)
+def check_inputs(inputs, optional=()):
+    """The core's rules for array arguments, with the adapter's names, before Chainer
+    sees the inputs: each one a Variable or an array (None only where ``optional``),
+    NumPy or CuPy but not both, of one dtype the device supports.
+
+    Raises:
+        TypeError: naming the argument (and, for a mix, both).
+        ValueError: CuPy arrays on different GPUs.
+    """
+    arrays = {name: value.array if isinstance(value, chainer.Variable) else value
+              for name, value in inputs.items()}
+    xp = _arrays.array_module(arrays, optional,
+                              expected="a chainer.Variable, numpy.ndarray or cupy.ndarray")
+    _arrays.common_dtype(arrays, xp)
 
 
 # --- deformable convolution -----------------------------------------------------------
@@ -65,11 +78,9 @@ class DeformConv2dFunction(function_node.FunctionNode):
     """Inputs ``(x, offset, W[, b][, mask])``; output ``y``."""
 
     def __init__(self, stride, pad, dilate, has_bias, has_mask):
-        self.options = dict(stride=stride, padding=pad, dilation=dilate)
+        self.options = _shapes.conv_options(stride, pad, dilate, names=("stride", "pad",
+                                                                         "dilate"))
         self.has_bias, self.has_mask = has_bias, has_mask
-
-    def names(self):
-        return ("x", "offset", "W") + ("b",) * self.has_bias + ("mask",) * self.has_mask
 
     def split(self, inputs):
         """``(x, offset, W, b or None, mask or None)`` from the positional inputs."""
@@ -77,15 +88,6 @@ class DeformConv2dFunction(function_node.FunctionNode):
         b = rest.pop(0) if self.has_bias else None
         mask = rest.pop(0) if self.has_mask else None
         return x, offset, W, b, mask
-
-    def check_type_forward(self, in_types):
-        names = self.names()
-        ndims = {"b": 1}
-        _expect_float_arrays(in_types, names, [ndims.get(n, 4) for n in names])
-        x, offset = in_types[0], in_types[1]
-        type_check.expect(offset.shape[0] == x.shape[0])
-        if self.has_mask:
-            type_check.expect(in_types[-1].shape[0] == x.shape[0])
 
     def forward(self, inputs):
         self.retain_inputs(tuple(range(len(inputs))))
@@ -152,6 +154,7 @@ def deform_conv2d(x: Input, offset: Input, W: Input, b: Optional[Input] = None,
         array([[9., 9.],
                [9., 9.]], dtype=float32)
     """
+    check_inputs(dict(x=x, offset=offset, W=W, b=b, mask=mask), optional=("b", "mask"))
     node = DeformConv2dFunction(stride, pad, dilate, b is not None, mask is not None)
     inputs = [a for a in (x, offset, W, b, mask) if a is not None]
     return node.apply(inputs)[0]
@@ -165,14 +168,6 @@ class _RoIPoolFunction(function_node.FunctionNode):
 
     def __init__(self, has_offset, options):
         self.has_offset, self.options = has_offset, options
-
-    def check_type_forward(self, in_types):
-        names = ("x", "rois") + ("offset",) * self.has_offset
-        _expect_float_arrays(in_types, names, (4, 2, 4)[:len(names)])
-        rois = in_types[1]
-        type_check.expect(rois.shape[1] == 5)
-        if self.has_offset:
-            type_check.expect(in_types[2].shape[0] == rois.shape[0])
 
     def forward(self, inputs):
         self.retain_inputs(tuple(range(len(inputs))))
@@ -229,9 +224,18 @@ def deform_roi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
     Returns:
         ~chainer.Variable[R, C, ph, pw]. Gradients flow to ``x`` and ``offset``
         (first order only).
+
+    Example:
+        >>> import numpy as np
+        >>> from cudeform.adapters.chainer import deform_roi_pool
+        >>> x = np.tile(np.arange(8, dtype=np.float32), (1, 1, 8, 1))  # x[..., i, j] = j
+        >>> rois = np.array([[0, 0, 0, 4, 4]], np.float32)
+        >>> deform_roi_pool(x, rois, output_size=2).array[0, 0]  # RoIAlign: mean column
+        array([[0.5, 2.5],
+               [0.5, 2.5]], dtype=float32)
     """
-    options = dict(output_size=output_size, spatial_scale=spatial_scale,
-                   sampling_ratio=sampling_ratio, gamma=gamma)
+    check_inputs(dict(x=x, rois=rois, offset=offset), optional=("offset",))
+    options = _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
     node = DeformRoIPoolFunction(offset is not None, options)
     return node.apply([a for a in (x, rois, offset) if a is not None])[0]
 
@@ -250,21 +254,41 @@ def deform_psroi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
             coordinates, of ``x``'s dtype. It gets no gradient.
         offset (Variable or ndarray[R, 2*num_classes, part_size, part_size], optional):
             normalised offsets, channel ``2*cls`` dx and ``2*cls+1`` dy.
-        output_dim, group_size, pooled_size, part_size, sample_per_part,
-        spatial_scale, trans_std: as in :func:`cudeform.deform_psroi_pool`.
+        output_dim, group_size, pooled_size, part_size, sample_per_part, spatial_scale, trans_std:
+            as in :func:`cudeform.deform_psroi_pool`.
 
     Returns:
         ~chainer.Variable[R, output_dim, pooled_size, pooled_size]. Gradients flow to
         ``x`` and ``offset`` (first order only).
+
+    Example:
+        >>> import numpy as np
+        >>> from cudeform.adapters.chainer import deform_psroi_pool
+        >>> x = np.ones((1, 4, 6, 6), np.float32) * np.arange(4, dtype=np.float32)[:, None, None]
+        >>> rois = np.array([[0, 0, 0, 5, 5]], np.float32)
+        >>> # each bin reads its own score map: bin (i, j) reads channel i*2 + j
+        >>> deform_psroi_pool(x, rois, output_dim=1, group_size=2, pooled_size=2).array[0, 0]
+        array([[0., 1.],
+               [2., 3.]], dtype=float32)
     """
-    options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
-                   part_size=part_size, sample_per_part=sample_per_part,
-                   spatial_scale=spatial_scale, trans_std=trans_std)
+    check_inputs(dict(x=x, rois=rois, offset=offset), optional=("offset",))
+    options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+                                         sample_per_part, spatial_scale, trans_std)
     node = DeformPSRoIPoolFunction(offset is not None, options)
     return node.apply([a for a in (x, rois, offset) if a is not None])[0]
 
 
 # --- offset layout of chainer.functions.deformable_convolution_2d_sampler -------------
+
+
+def _sampler_offset_shape(offset):
+    """The shape of a one-group offset (either layout): 4-D, with an even channel count."""
+    check_inputs(dict(offset=offset))
+    _shapes.require_ndim(offset.shape, 4, "offset")
+    if offset.shape[1] % 2:
+        raise ValueError(f"offset.shape[1] is not valid: expected an even number 2*kh*kw, "
+                         f"got {offset.shape[1]}")
+    return offset.shape
 
 
 def offset_from_chainer_sampler(offset: Input) -> chainer.Variable:
@@ -296,8 +320,16 @@ def offset_from_chainer_sampler(offset: Input) -> chainer.Variable:
 
     Returns:
         ~chainer.Variable of the same shape, cudeform's layout (differentiable).
+
+    Example:
+        >>> import numpy as np
+        >>> from cudeform.adapters.chainer import offset_from_chainer_sampler
+        >>> chainer_offset = np.array([10, 11, 20, 21], np.float32).reshape(1, 4, 1, 1)
+        >>> # a 1x2 kernel: dx of taps 0 and 1, then dy of taps 0 and 1
+        >>> offset_from_chainer_sampler(chainer_offset).array.ravel()  # (dy, dx) per tap
+        array([20., 10., 21., 11.], dtype=float32)
     """
-    n, channels, height, width = offset.shape
+    n, channels, height, width = _sampler_offset_shape(offset)
     dx, dy = chainer.functions.split_axis(offset, 2, axis=1)
     pairs = chainer.functions.stack([dy, dx], axis=2)  # (N, kh*kw, 2, H, W)
     return chainer.functions.reshape(pairs, (n, channels, height, width))
@@ -314,8 +346,15 @@ def offset_to_chainer_sampler(offset: Input) -> chainer.Variable:
 
     Returns:
         ~chainer.Variable of the same shape, Chainer's layout (differentiable).
+
+    Example:
+        >>> import numpy as np
+        >>> from cudeform.adapters.chainer import offset_to_chainer_sampler
+        >>> offset = np.array([20, 10, 21, 11], np.float32).reshape(1, 4, 1, 1)  # (dy, dx) per tap
+        >>> offset_to_chainer_sampler(offset).array.ravel()  # all dx, then all dy
+        array([10., 11., 20., 21.], dtype=float32)
     """
-    n, channels, height, width = offset.shape
+    n, channels, height, width = _sampler_offset_shape(offset)
     pairs = chainer.functions.reshape(offset, (n, channels // 2, 2, height, width))
     dy, dx = chainer.functions.separate(pairs, axis=2)
     return chainer.functions.concat([dx, dy], axis=1)

@@ -20,7 +20,7 @@ from typing import Optional, Union  # noqa: E402
 from cudeform import _layer_arguments as arguments  # noqa: E402
 from cudeform._typing import Array, IntPair  # noqa: E402
 from cudeform.adapters import chainer as functions  # noqa: E402
-from cudeform.adapters.chainer import Input  # noqa: E402
+from cudeform.adapters.chainer import Input, check_inputs  # noqa: E402
 
 #: What ``initialW`` and ``initial_bias`` take, as in ``chainer.links.Convolution2D``.
 Initializer = Optional[Union[chainer.Initializer, Array, float]]
@@ -53,6 +53,7 @@ class DeformConv2d(chainer.Chain):
             in_channels, out_channels, groups)
         self.ksize, self.stride, self.pad, self.dilate = arguments.conv_geometry(
             ksize, stride, pad, dilate, names=("ksize", "stride", "pad", "dilate"))
+        nobias = arguments.flag(nobias, "nobias")
         with self.init_scope():
             self.W = chainer.Parameter(initializers._get_initializer(initialW),
                                        (out_channels, in_channels // groups, *self.ksize))
@@ -96,7 +97,14 @@ class DeformConv2dPack(DeformConv2d):
                 in_channels, (2 + self.mask_channels) * taps, self.ksize, self.stride,
                 self.pad, initialW=0, initial_bias=0, dilate=self.dilate)
 
+    def check_input(self, x: Input) -> None:
+        """What the op would check of ``x``, before ``conv_offset`` sees it: a wrong
+        input fails as in :class:`DeformConv2d`."""
+        check_inputs(dict(x=x, W=self.W))
+        arguments.conv_input(x.shape, self.W.shape, self.stride, self.pad, self.dilate)
+
     def forward(self, x: Input) -> chainer.Variable:
+        self.check_input(x)
         return super().forward(x, self.conv_offset(x))
 
 
@@ -115,6 +123,7 @@ class ModulatedDeformConv2dPack(DeformConv2dPack):
     mask_channels = 1
 
     def forward(self, x: Input) -> chainer.Variable:
+        self.check_input(x)
         out = self.conv_offset(x)
         taps = self.deform_groups * self.ksize[0] * self.ksize[1]
         offset, mask = F.split_axis(out, [2 * taps], axis=1)
@@ -147,7 +156,7 @@ class DeformRoIPoolPack(chainer.Chain):
         self.options = arguments.roi_pool_layer(output_size, spatial_scale, sampling_ratio,
                                                 gamma)
         self.output_size = self.options["output_size"]
-        in_channels = arguments.positive_int(in_channels, "in_channels")
+        in_channels = self.in_channels = arguments.positive_int(in_channels, "in_channels")
         deform_fc_channels = arguments.positive_int(deform_fc_channels, "deform_fc_channels")
         ph, pw = self.output_size
         with self.init_scope():
@@ -157,6 +166,8 @@ class DeformRoIPoolPack(chainer.Chain):
                 L.Linear(deform_fc_channels, 2 * ph * pw, initialW=0, initial_bias=0))
 
     def forward(self, x: Input, rois: Input) -> chainer.Variable:
+        check_inputs(dict(x=x, rois=rois))
+        arguments.input_channels(x.shape, self.in_channels, "in_channels", name="x")
         pooled = functions.deform_roi_pool(x, rois, **self.options)
         offset = self.offset_fc(F.reshape(pooled, (len(rois), -1)))
         offset = F.reshape(offset, (len(rois), 2, *self.output_size))
@@ -201,13 +212,16 @@ class DeformPSRoIPoolPack(chainer.Chain):
         self.pooled_size, self.num_classes = options["pooled_size"], num_classes
         self.sample_per_part = options["sample_per_part"]
         self.spatial_scale, self.trans_std = options["spatial_scale"], options["trans_std"]
-        in_channels = arguments.positive_int(in_channels, "in_channels")
+        in_channels = self.in_channels = arguments.positive_int(in_channels, "in_channels")
         with self.init_scope():
             self.conv_offset = L.Convolution2D(
                 in_channels, 2 * num_classes * self.pooled_size**2, 1, initialW=0,
                 initial_bias=0)
 
     def forward(self, features: Input, score_maps: Input, rois: Input) -> chainer.Variable:
+        check_inputs(dict(features=features, score_maps=score_maps, rois=rois))
+        arguments.input_channels(features.shape, self.in_channels, "in_channels",
+                                 name="features")
         k = self.pooled_size
         common = dict(pooled_size=k, sample_per_part=self.sample_per_part,
                       spatial_scale=self.spatial_scale)

@@ -68,5 +68,12 @@ def deform_conv2d_to_onnx(
 
 def onnx_translation_table() -> dict:
     """The ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True,
-    opset_version=19)``: ``{torch.ops.cudeform.deform_conv2d.default: <DeformConv>}``."""
+    opset_version=19)``: ``{torch.ops.cudeform.deform_conv2d.default: <DeformConv>}``.
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch_onnx import onnx_translation_table
+        >>> list(onnx_translation_table()) == [torch.ops.cudeform.deform_conv2d.default]
+        True
+    """
     return {torch.ops.cudeform.deform_conv2d.default: deform_conv2d_to_onnx}

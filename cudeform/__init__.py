@@ -31,4 +31,4 @@ __all__ = [
     "set_workspace_limit",
     "workspace_limit",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

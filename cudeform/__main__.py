@@ -8,6 +8,9 @@ from typing import List, Optional
 
 from cudeform._cli import USAGE_STATUS, UsageError
 
+# Its import says so when a source folder named cudeform shadows the installed package.
+importlib.import_module("cudeform.adapters")
+
 COMMANDS = {"tour": "cudeform._tour", "demo": "cudeform._demo", "bench": "cudeform._bench"}
 USAGE = "usage: python -m cudeform [--version] [tour|demo|bench] [options]"
 HELP = f"""{USAGE}
@@ -36,8 +39,33 @@ def _run(argv: List[str]) -> int:
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         raise UsageError(f"unknown command {argv[0]!r}; expected tour, demo or bench "
                          "(see python -m cudeform --help)")
-    command = argv.pop(0) if argv and argv[0] in COMMANDS else "tour"
-    return importlib.import_module(COMMANDS[command]).main(argv)
+    if argv and argv[0] in COMMANDS:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    try:
+        return importlib.import_module(COMMANDS["tour"]).main(argv)
+    except UsageError as error:
+        raise _other_command_hint(argv) or error from None
+
+
+def _options(command: str) -> set:
+    parser = importlib.import_module(COMMANDS[command])._parser()
+    return set(parser._option_string_actions)  # every option string it knows
+
+
+def _other_command_hint(argv: List[str]) -> Optional[UsageError]:
+    """With no command named, an option of another command (``--quick`` of bench) is
+    what the user meant: the error names that command."""
+    given = [word.split("=", 1)[0] for word in argv if word.startswith("--")]
+    tour = _options("tour")
+    for option in given:
+        if option in tour:
+            continue
+        owners = [name for name in COMMANDS if name != "tour" and option in _options(name)]
+        if owners:
+            return UsageError(
+                f"{option} is an option of {' and '.join(owners)}, not of the tour (the "
+                f"default command); try python -m cudeform {owners[0]} {' '.join(argv)}")
+    return None
 
 
 def _command_name(argv: List[str]) -> str:

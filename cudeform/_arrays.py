@@ -13,6 +13,8 @@ import sys
 
 import numpy
 
+from cudeform._shapes import check_grad_output
+
 CPU_DTYPES = ("float32", "float64")
 GPU_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Storage dtypes of bfloat16 arrays handed over as 16-bit integer views.
@@ -51,24 +53,35 @@ def _is_cupy(array):
     return cupy is not None and isinstance(array, cupy.ndarray)
 
 
-def array_module(arrays):
+def _type_name(value):
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def array_module(arrays, optional=(), expected="a numpy.ndarray or cupy.ndarray"):
     """The module (numpy or cupy) of ``arrays``, a dict ``{name: array or None}``.
 
+    Args:
+        arrays: the op's array arguments by name.
+        optional: the names that may be None (absent).
+        expected: what the messages say an argument must be (an adapter that unwraps
+            its own types first says so).
+
     Raises:
-        TypeError: an argument is not an array, or NumPy and CuPy arrays are mixed.
+        TypeError: an argument is not an array (None where one is required, a list, a
+            scalar, a tensor...), or NumPy and CuPy arrays are mixed.
         ValueError: CuPy arrays live on different devices.
     """
     kinds = {}
     for name, array in arrays.items():
-        if array is None:
+        if array is None and name in optional:
             continue
         if isinstance(array, numpy.ndarray):
             kinds[name] = "numpy"
         elif _is_cupy(array):
             kinds[name] = "cupy"
         else:
-            raise TypeError(f"{name} must be a numpy.ndarray or cupy.ndarray, "
-                            f"got {type(array).__name__}")
+            raise TypeError(f"{name} must be {expected}, got {_type_name(array)}")
     if len(set(kinds.values())) > 1:
         numpy_name = next(n for n, k in kinds.items() if k == "numpy")
         cupy_name = next(n for n, k in kinds.items() if k == "cupy")
@@ -90,21 +103,27 @@ def array_module(arrays):
 def common_dtype(arrays, xp):
     """The dtype shared by ``arrays`` (a dict ``{name: array or None}``).
 
+    Each array's dtype is checked first, so an unsupported one (an integer, complex,
+    bool or object array, or a 16-bit float on the CPU) is named as such rather than
+    as a mix.
+
     Raises:
-        TypeError: the dtypes differ, or the dtype is not supported on this device.
+        TypeError: a dtype that arrays of this device do not support (naming the
+            argument), or dtypes that differ (naming both arguments).
     """
     present = {name: a for name, a in arrays.items() if a is not None}
+    supported = CPU_DTYPES if xp is numpy else GPU_DTYPES
+    for name, array in present.items():
+        if element_type(array.dtype, xp) not in supported:
+            where = "NumPy (CPU)" if xp is numpy else "CuPy (GPU)"
+            raise TypeError(f"{name} has dtype {array.dtype}, which {where} arrays do not "
+                            f"support; expected one of {', '.join(supported)}")
     first = next(iter(present))
     dtype = present[first].dtype
     for name, array in present.items():
         if array.dtype != dtype:
             raise TypeError(f"{name} has dtype {array.dtype} but {first} has dtype {dtype}; "
                             "all arrays must have one dtype")
-    supported = CPU_DTYPES if xp is numpy else GPU_DTYPES
-    if element_type(dtype, xp) not in supported:
-        where = "NumPy (CPU)" if xp is numpy else "CuPy (GPU)"
-        raise TypeError(f"{first} has dtype {dtype}, which {where} arrays do not support; "
-                        f"expected one of {', '.join(supported)}")
     return dtype
 
 
@@ -113,18 +132,44 @@ def contiguous(xp, array):
     return None if array is None else xp.ascontiguousarray(array)
 
 
-def prepare(arrays):
-    """Dispatch and dtype checks for one op call.
+def device_of(xp, arrays):
+    """A context manager that makes the GPU of ``arrays`` (CuPy arrays of one device,
+    a dict ``{name: array or None}``) current; a no-op for NumPy arrays."""
+    if xp is numpy:
+        return contextlib.nullcontext()
+    return next(a for a in arrays.values() if a is not None).device
+
+
+def contiguous_arrays(xp, arrays):
+    """``arrays`` with every array C-contiguous; the copies are made on the arrays' GPU,
+    whatever device is current."""
+    with device_of(xp, arrays):
+        return {name: contiguous(xp, a) for name, a in arrays.items()}
+
+
+def prepare(arrays, optional, geometry_of):
+    """Dispatch, dtype and shape checks for one op call, then C-contiguous arrays.
 
     Args:
-        arrays: dict ``{name: array or None}``; the first entry names the dtype reference.
+        arrays: dict ``{name: array or None}``; the first entry names the dtype
+            reference. A ``grad_output`` entry must have the geometry's output shape.
+        optional: the names that may be None.
+        geometry_of: the op's validated geometry (a function of ``{name: shape or
+            None}``, from :mod:`cudeform._shapes`). It runs once the arrays' kinds and
+            dtypes are checked and before anything is copied, so that a call with wrong
+            shapes fails before it allocates.
 
     Returns:
-        ``(xp, dtype, arrays)`` with every array C-contiguous.
+        ``(xp, dtype, geometry, arrays)`` with every array C-contiguous, on the arrays'
+        device.
     """
-    xp = array_module(arrays)
+    xp = array_module(arrays, optional)
     dtype = common_dtype(arrays, xp)
-    return xp, dtype, {name: contiguous(xp, a) for name, a in arrays.items()}
+    shapes = {name: None if a is None else a.shape for name, a in arrays.items()}
+    geometry = geometry_of(shapes)
+    if "grad_output" in shapes:
+        check_grad_output(shapes["grad_output"], geometry.output_shape)
+    return xp, dtype, geometry, contiguous_arrays(xp, arrays)
 
 
 def call(xp, dtype, cpu_function, gpu_function, args):
@@ -150,9 +195,12 @@ def on_gpu(array, dtype):
     import cupy
 
     from cudeform import _modes
-    from cudeform._gpu.gemm import default_gemm
+    from cudeform._gpu.gemm import default_gemm, reproducible_workspace
     from cudeform._gpu.launch import cuda_launch
 
+    deterministic = _modes.is_deterministic()
+    if deterministic:
+        reproducible_workspace()  # before CuPy's cuBLAS handle of this thread exists
     with array.device:  # allocate and launch on the arrays' GPU
         yield dict(dtype_name=element_type(dtype, cupy), xp=cupy, launch=cuda_launch,
-                   gemm=default_gemm(cupy), deterministic=_modes.is_deterministic())
+                   gemm=default_gemm(cupy), deterministic=deterministic)

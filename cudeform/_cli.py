@@ -10,6 +10,7 @@ with status 2, never with a traceback.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import os
 from typing import Optional, Sequence
@@ -52,25 +53,62 @@ def first_line(text: object) -> str:
     return lines[0] if lines else ""
 
 
+def driver_device_count() -> Optional[int]:
+    """The number of CUDA devices the NVIDIA driver reports, asked directly (not through
+    CuPy): 0 when no driver library is installed or the driver finds no device; None
+    when the driver is there but fails otherwise."""
+    names = ("nvcuda.dll",) if os.name == "nt" else ("libcuda.so.1", "libcuda.so")
+    for name in names:
+        try:
+            driver = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return 0
+    no_device = 100  # CUDA_ERROR_NO_DEVICE
+    status = driver.cuInit(0)
+    if status == no_device:
+        return 0
+    count = ctypes.c_int(0)
+    if status != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return None
+    return count.value
+
+
+def why_cupy_cannot_run(cupy) -> Optional[str]:
+    """Why the imported ``cupy`` module cannot run on a GPU here (one line), or None.
+
+    Without a GPU CuPy's CUDA runtime reports an "insufficient driver", which would
+    send a user looking for a driver to upgrade; the driver itself is asked whether
+    there is a device, and "no CUDA device" comes first when there is none.
+    """
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:  # no driver, too old a driver, a broken CUDA runtime
+        cupy_says = f"CuPy: {first_line(error)}"
+        if driver_device_count() == 0:
+            return f"no CUDA device ({cupy_says})"
+        return f"CuPy cannot use the CUDA device ({cupy_says})"
+    return None if count > 0 else "no CUDA device (CuPy counts 0 devices)"
+
+
 def why_no_cuda() -> Optional[str]:
     """Why CuPy cannot run on a GPU here (one line), or None when it can."""
     if importlib.util.find_spec("cupy") is None:
         return "CuPy is not installed; for CUDA 13: pip install 'cudeform[cuda]'"
     try:
         import cupy
-
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:  # no driver, too old a driver, a broken CUDA runtime
-        return (f"CuPy finds no usable CUDA device ({type(error).__name__}: "
-                f"{first_line(error)})")
-    return None if count > 0 else "CuPy finds no CUDA device"
+    except Exception as error:  # its CUDA libraries fail to load
+        return f"CuPy fails to import ({type(error).__name__}: {first_line(error)})"
+    return why_cupy_cannot_run(cupy)
 
 
 def require_cuda(option: str = "--device cuda") -> None:
     """Raise :class:`UsageError` unless CuPy can run on a GPU."""
     reason = why_no_cuda()
     if reason is not None:
-        raise UsageError(f"{option}: no GPU to run on: {reason}")
+        raise UsageError(f"{option}: {reason}")
 
 
 def require_packages(command: str, extra: str, modules: Sequence[str]) -> None:

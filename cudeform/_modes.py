@@ -43,11 +43,25 @@ def set_deterministic(enabled: Optional[bool]) -> None:
     """Make every GPU gradient bit-identical from run to run (``True``), or allow float
     atomics (``False``, the default); ``None`` goes back to ``CUDEFORM_DETERMINISTIC``.
 
-    Deterministic scatters accumulate in 64-bit fixed point (see the README's
-    "TF32 and deterministic mode"). The NumPy path is deterministic in either mode.
+    Deterministic scatters accumulate in 64-bit fixed point (see "Deterministic mode" in
+    the documentation's settings page). The NumPy path is deterministic in either mode.
+    Deterministic mode sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when it is unset, so
+    that cuBLAS stays reproducible with several streams (cuBLAS reads it when CuPy
+    creates its handle: set it before the first GPU call to be sure).
+
+    Example:
+        >>> import cudeform
+        >>> cudeform.set_deterministic(True)
+        >>> cudeform.is_deterministic()
+        True
+        >>> cudeform.set_deterministic(None)  # back to $CUDEFORM_DETERMINISTIC
     """
     global _deterministic
     _deterministic = _flag(enabled, "enabled")
+    if _deterministic:
+        from cudeform._gpu.gemm import reproducible_workspace
+
+        reproducible_workspace()
 
 
 def is_deterministic() -> bool:
@@ -55,6 +69,13 @@ def is_deterministic() -> bool:
 
     An :func:`override` in effect decides, else :func:`set_deterministic`, else the
     environment variable ``CUDEFORM_DETERMINISTIC`` (``1``: on; ``0`` or unset: off).
+
+    Example:
+        >>> import cudeform
+        >>> cudeform.set_deterministic(False)
+        >>> cudeform.is_deterministic()
+        False
+        >>> cudeform.set_deterministic(None)
     """
     override_value = _overrides.get().get("deterministic")
     if override_value is not None:
@@ -66,7 +87,15 @@ def is_deterministic() -> bool:
 
 def set_allow_tf32(enabled: bool) -> None:
     """Let float32 GEMMs on the GPU use TF32 tensor cores (``True``), or keep them
-    exact FP32 (``False``, the default). 16-bit and float64 GEMMs are unaffected."""
+    exact FP32 (``False``, the default). 16-bit and float64 GEMMs are unaffected.
+
+    Example:
+        >>> import cudeform
+        >>> cudeform.set_allow_tf32(True)
+        >>> cudeform.allow_tf32()
+        True
+        >>> cudeform.set_allow_tf32(False)
+    """
     global _allow_tf32
     flag = _flag(enabled, "enabled")
     _allow_tf32 = False if flag is None else flag
@@ -74,7 +103,13 @@ def set_allow_tf32(enabled: bool) -> None:
 
 def allow_tf32() -> bool:
     """Whether float32 GEMMs on the GPU may use TF32 for calls made now (an
-    :func:`override` in effect decides, else :func:`set_allow_tf32`)."""
+    :func:`override` in effect decides, else :func:`set_allow_tf32`).
+
+    Example:
+        >>> import cudeform
+        >>> cudeform.allow_tf32()  # the default: exact FP32
+        False
+    """
     override_value = _overrides.get().get("allow_tf32")
     return _allow_tf32 if override_value is None else override_value
 

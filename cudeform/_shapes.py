@@ -1,5 +1,11 @@
 """Argument validation and output-size arithmetic, shared by every backend.
 
+Options (``stride``, ``spatial_scale``...) are checked first for their kind, then for
+their value: a string, None, a bool or a float where an int is expected is a
+``TypeError``; a value out of range (negative, NaN, infinite, past a 32-bit C int) is
+a ``ValueError``. Both messages name the argument, what was expected and what was
+given.
+
 The NumPy path, the CUDA path and the framework adapters (including shape-only
 "fake" implementations) all call into this module, so each rule of
 ``OPS_SPEC.md`` is written exactly once.
@@ -13,36 +19,143 @@ two of them becomes a guard, not a constant.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import numbers
 
 
+# Integer options reach the kernels as sizes of their index type, 32-bit in most calls.
+MAX_INT_OPTION = 2**31 - 1
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _wrong_kind(name, expected, value):
+    """The TypeError of an option of the wrong kind (a string, None, a bool, a float...)."""
+    given = "None" if value is None else f"{type(value).__name__} {value!r}"
+    return TypeError(f"{name} is not valid: expected {expected}, got {given}")
+
+
+def _bounded(values, value, name, minimum, what="values"):
+    if min(values) < minimum:
+        raise ValueError(f"{name} is not valid: expected {what} >= {minimum}, got {value!r}")
+    if max(values) > MAX_INT_OPTION:
+        raise ValueError(f"{name} is not valid: expected {what} <= {MAX_INT_OPTION} (a "
+                         f"32-bit C int), got {value!r}")
+
+
+def integer(value, name, *, minimum):
+    """``value`` as a Python int in ``[minimum, MAX_INT_OPTION]``.
+
+    Raises:
+        TypeError: ``value`` is not an int (a bool, a float, a string, None...).
+        ValueError: ``value`` is out of that range.
+    """
+    if not _is_int(value):
+        raise _wrong_kind(name, f"an int >= {minimum}", value)
+    _bounded((value,), value, name, minimum, what="an int")
+    return int(value)
+
+
 def pair(value, name, *, minimum):
-    """Return ``value`` as a pair of Python ints, each at least ``minimum``.
+    """Return ``value`` as a pair of Python ints, each in ``[minimum, MAX_INT_OPTION]``.
 
     Args:
         value: an int or a sequence of two ints.
         name: the argument name used in error messages.
         minimum: the smallest allowed value.
+
+    Raises:
+        TypeError: ``value`` is neither an int nor a sequence of ints (a bool, a float,
+            a string, None...).
+        ValueError: a sequence whose length is not 2, or a value out of range.
     """
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    expected = "an int or a pair of ints"
+    if _is_int(value):
         values = (int(value), int(value))
     else:
-        try:
-            values = tuple(value)
+        if isinstance(value, (str, bytes)):
+            raise _wrong_kind(name, expected, value)
+        try:  # at most three items: enough to tell a pair, and no hang on an endless one
+            values = tuple(itertools.islice(iter(value), 3))
         except TypeError:
-            raise ValueError(
-                f"{name} is not valid: expected an int or a pair of ints, got {value!r}"
-            ) from None
-        if len(values) != 2 or not all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values
-        ):
-            raise ValueError(
-                f"{name} is not valid: expected an int or a pair of ints, got {value!r}"
-            )
+            raise _wrong_kind(name, expected, value) from None
+        if len(values) != 2:
+            raise ValueError(f"{name} is not valid: expected {expected}, got {value!r}")
+        if not all(_is_int(v) for v in values):
+            raise _wrong_kind(name, expected, value)
         values = (int(values[0]), int(values[1]))
-    if min(values) < minimum:
-        raise ValueError(f"{name} is not valid: expected values >= {minimum}, got {value!r}")
+    _bounded(values, value, name, minimum)
     return values
+
+
+def _real(value, name, expected):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise _wrong_kind(name, expected, value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past the float range
+        raise ValueError(f"{name} is not valid: expected {expected}, got {value!r}") from None
+
+
+def positive_number(value, name):
+    """``value`` as a finite Python float > 0.
+
+    Raises:
+        TypeError: ``value`` is not a real number (a string, None, a bool...).
+        ValueError: ``value`` is 0, negative, infinite or NaN.
+    """
+    expected = "a positive number"
+    number = _real(value, name, expected)
+    if not 0 < number < math.inf:
+        raise ValueError(f"{name} is not valid: expected {expected}, got {value!r}")
+    return number
+
+
+def finite_number(value, name):
+    """``value`` as a finite Python float.
+
+    Raises:
+        TypeError: ``value`` is not a real number (a string, None, a bool...).
+        ValueError: ``value`` is infinite or NaN.
+    """
+    expected = "a finite number"
+    number = _real(value, name, expected)
+    if number != number or abs(number) == math.inf:  # (comparisons: torch.compile traces them)
+        raise ValueError(f"{name} is not valid: expected {expected}, got {value!r}")
+    return number
+
+
+def conv_options(stride, padding, dilation, names=("stride", "padding", "dilation")):
+    """The options of a ``deform_conv2d`` call, validated, as pairs of Python ints
+    (``names``: the caller's names for them, e.g. Chainer's ``pad`` and ``dilate``)."""
+    return dict(stride=pair(stride, names[0], minimum=1),
+                padding=pair(padding, names[1], minimum=0),
+                dilation=pair(dilation, names[2], minimum=1))
+
+
+def roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma):
+    """The options of a ``deform_roi_pool`` call, validated, as Python ints and floats."""
+    return dict(output_size=pair(output_size, "output_size", minimum=1),
+                spatial_scale=positive_number(spatial_scale, "spatial_scale"),
+                sampling_ratio=integer(sampling_ratio, "sampling_ratio", minimum=0),
+                gamma=finite_number(gamma, "gamma"))
+
+
+def psroi_pool_options(output_dim, group_size, pooled_size, part_size, sample_per_part,
+                       spatial_scale, trans_std):
+    """The options of a ``deform_psroi_pool`` call, validated, as Python ints and floats
+    (``part_size`` stays None when it is None)."""
+    return dict(output_dim=integer(output_dim, "output_dim", minimum=1),
+                group_size=integer(group_size, "group_size", minimum=1),
+                pooled_size=integer(pooled_size, "pooled_size", minimum=1),
+                part_size=None if part_size is None else integer(part_size, "part_size",
+                                                                 minimum=1),
+                sample_per_part=integer(sample_per_part, "sample_per_part", minimum=1),
+                spatial_scale=positive_number(spatial_scale, "spatial_scale"),
+                trans_std=finite_number(trans_std, "trans_std"))
 
 
 def conv_output_size(size, kernel, stride, padding, dilation):
@@ -50,7 +163,8 @@ def conv_output_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _require_ndim(shape, ndim, name):
+def require_ndim(shape, ndim, name):
+    """ValueError naming ``name`` unless ``shape`` has ``ndim`` dimensions."""
     if len(shape) != ndim:
         raise ValueError(
             f"{name} is not valid: expected a {ndim}-D array, got shape {tuple(shape)}"
@@ -104,27 +218,19 @@ class ConvGeometry:
         return (self.batch, self.offset_groups * self.taps, self.out_h, self.out_w)
 
 
-def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=None,
-                           mask_shape=None, *, stride=1, padding=0, dilation=1):
-    """Validate the shapes of a ``deform_conv2d`` call and return its geometry.
-
-    Raises:
-        ValueError: naming the argument, what was expected and what was given.
-    """
-    stride_h, stride_w = pair(stride, "stride", minimum=1)
-    pad_h, pad_w = pair(padding, "padding", minimum=0)
-    dil_h, dil_w = pair(dilation, "dilation", minimum=1)
-
-    _require_ndim(input_shape, 4, "input")
-    _require_ndim(weight_shape, 4, "weight")
-    _require_ndim(offset_shape, 4, "offset")
-    batch, in_channels, height, width = input_shape
+def _conv_layout(input_shape, weight_shape, options):
+    """The checks of a convolution's input and weight: ``(groups, out_h, out_w)``."""
+    require_ndim(input_shape, 4, "input")
+    require_ndim(weight_shape, 4, "weight")
+    in_channels, height, width = input_shape[1:]
     out_channels, group_channels, kernel_h, kernel_w = weight_shape
-
     if out_channels < 1 or group_channels < 1 or kernel_h < 1 or kernel_w < 1:
         raise ValueError(
             f"weight.shape is not valid: expected positive sizes, got {tuple(weight_shape)}"
         )
+    if in_channels < 1:
+        raise ValueError(f"input.shape[1] is not valid: expected a positive number of "
+                         f"channels, got {in_channels}")
     if in_channels % group_channels:
         raise ValueError(
             f"weight.shape[1] is not valid: expected a divisor of input.shape[1]="
@@ -136,6 +242,43 @@ def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=N
             f"weight.shape[0] is not valid: expected a multiple of groups={groups} "
             f"(input.shape[1] // weight.shape[1]), got {out_channels}"
         )
+    (stride_h, stride_w), (pad_h, pad_w) = options["stride"], options["padding"]
+    dil_h, dil_w = options["dilation"]
+    out_h = conv_output_size(height, kernel_h, stride_h, pad_h, dil_h)
+    out_w = conv_output_size(width, kernel_w, stride_w, pad_w, dil_w)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"input.shape is not valid: with kernel ({kernel_h}, {kernel_w}), stride "
+            f"({stride_h}, {stride_w}), padding ({pad_h}, {pad_w}) and dilation "
+            f"({dil_h}, {dil_w}) the output would be {out_h}x{out_w}; got input shape "
+            f"{tuple(input_shape)}"
+        )
+    return groups, out_h, out_w
+
+
+def check_conv_input(input_shape, weight_shape, *, stride=1, padding=0, dilation=1):
+    """The checks ``deform_conv2d`` makes of its input, weight and options, for a layer
+    that computes the offset from the input before it calls the op.
+
+    Raises:
+        TypeError, ValueError: as :func:`deform_conv2d_geometry`.
+    """
+    _conv_layout(input_shape, weight_shape, conv_options(stride, padding, dilation))
+
+
+def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=None,
+                           mask_shape=None, *, stride=1, padding=0, dilation=1):
+    """Validate the shapes of a ``deform_conv2d`` call and return its geometry.
+
+    Raises:
+        TypeError: an option of the wrong kind (see :func:`pair`).
+        ValueError: naming the argument, what was expected and what was given.
+    """
+    options = conv_options(stride, padding, dilation)
+    groups, out_h, out_w = _conv_layout(input_shape, weight_shape, options)
+    require_ndim(offset_shape, 4, "offset")
+    batch, in_channels, height, width = input_shape
+    out_channels, _, kernel_h, kernel_w = weight_shape
 
     taps = kernel_h * kernel_w
     offset_channels = offset_shape[1]
@@ -151,19 +294,10 @@ def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=N
             f"input.shape[1]={in_channels}, got {offset_channels} channels"
         )
 
-    out_h = conv_output_size(height, kernel_h, stride_h, pad_h, dil_h)
-    out_w = conv_output_size(width, kernel_w, stride_w, pad_w, dil_w)
-    if out_h < 1 or out_w < 1:
-        raise ValueError(
-            f"input.shape is not valid: with kernel ({kernel_h}, {kernel_w}), stride "
-            f"({stride_h}, {stride_w}), padding ({pad_h}, {pad_w}) and dilation "
-            f"({dil_h}, {dil_w}) the output would be {out_h}x{out_w}; got input shape "
-            f"{tuple(input_shape)}"
-        )
-
     geometry = ConvGeometry(
         batch, in_channels, height, width, out_channels, groups, offset_groups,
-        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w,
+        kernel_h, kernel_w, *options["stride"], *options["padding"], *options["dilation"],
+        out_h, out_w,
     )
     _require_shape(offset_shape, geometry.offset_shape, "offset")
     if mask_shape is not None:
@@ -173,44 +307,42 @@ def deform_conv2d_geometry(input_shape, offset_shape, weight_shape, bias_shape=N
     return geometry
 
 
+def check_declared_groups(input_shape, offset_shape, weight_shape, *, groups,
+                          deform_groups):
+    """For APIs that take the group counts as arguments (mmcv's): they must be the
+    counts ``deform_conv2d`` infers from the shapes. Shapes the op rejects by itself
+    (not 4-D, channels that do not divide) are left to its own checks.
+
+    Raises:
+        TypeError: ``groups`` or ``deform_groups`` is not an int.
+        ValueError: naming it, with the count the shapes give.
+    """
+    groups = integer(groups, "groups", minimum=1)
+    deform_groups = integer(deform_groups, "deform_groups", minimum=1)
+    if len(input_shape) != 4 or len(offset_shape) != 4 or len(weight_shape) != 4:
+        return
+    declared = (("groups", groups, "input.shape[1] // weight.shape[1]", input_shape[1],
+                 weight_shape[1]),
+                ("deform_groups", deform_groups, "offset.shape[1] // (2*kh*kw)",
+                 offset_shape[1], 2 * weight_shape[2] * weight_shape[3]))
+    for name, value, formula, channels, per_group in declared:
+        if per_group >= 1 and channels % per_group == 0 and value * per_group != channels:
+            raise ValueError(f"{name} is not valid: expected {formula} = {channels} // "
+                             f"{per_group} = {channels // per_group}, got {value}")
+
+
 def check_grad_output(grad_output_shape, expected_shape):
     """Validate ``grad_output`` against the shape the forward produced."""
-    _require_ndim(grad_output_shape, len(expected_shape), "grad_output")
+    require_ndim(grad_output_shape, len(expected_shape), "grad_output")
     _require_shape(grad_output_shape, expected_shape, "grad_output")
 
 
-def _positive_float(value, name):
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} is not valid: expected a positive number, got {value!r}") from None
-    if not number > 0 or number == float("inf"):
-        raise ValueError(f"{name} is not valid: expected a positive number, got {value!r}")
-    return number
-
-
-def _finite_float(value, name):
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} is not valid: expected a finite number, got {value!r}") from None
-    if number != number or abs(number) == float("inf"):
-        raise ValueError(f"{name} is not valid: expected a finite number, got {value!r}")
-    return number
-
-
-def _positive_int(value, name, minimum=1):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} is not valid: expected an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_input_and_rois(input_shape, rois_shape):
-    _require_ndim(input_shape, 4, "input")
-    if input_shape[2] < 1 or input_shape[3] < 1:
-        raise ValueError(f"input.shape is not valid: expected a positive height and width, "
-                         f"got {tuple(input_shape)}")
-    _require_ndim(rois_shape, 2, "rois")
+    require_ndim(input_shape, 4, "input")
+    if input_shape[1] < 1 or input_shape[2] < 1 or input_shape[3] < 1:
+        raise ValueError(f"input.shape is not valid: expected positive channels, height and "
+                         f"width, got {tuple(input_shape)}")
+    require_ndim(rois_shape, 2, "rois")
     if rois_shape[1] != 5:
         raise ValueError(f"rois.shape is not valid: expected (R, 5) rows of (batch_index, x1, "
                          f"y1, x2, y2), got {tuple(rois_shape)}")
@@ -244,13 +376,10 @@ def deform_roi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, outp
                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
     """Validate a ``deform_roi_pool`` call (OPS_SPEC section 2) and return its geometry."""
     _check_input_and_rois(input_shape, rois_shape)
-    pooled_h, pooled_w = pair(output_size, "output_size", minimum=1)
-    geometry = RoIPoolGeometry(
-        *input_shape, rois_shape[0], pooled_h, pooled_w,
-        _positive_float(spatial_scale, "spatial_scale"),
-        _positive_int(sampling_ratio, "sampling_ratio", minimum=0),
-        _finite_float(gamma, "gamma"),
-    )
+    options = roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
+    geometry = RoIPoolGeometry(*input_shape, rois_shape[0], *options["output_size"],
+                               options["spatial_scale"], options["sampling_ratio"],
+                               options["gamma"])
     if offset_shape is not None:
         _require_shape(offset_shape, geometry.offset_shape, "offset")
     return geometry
@@ -292,11 +421,11 @@ def deform_psroi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, ou
                                spatial_scale=1.0, trans_std=0.1):
     """Validate a ``deform_psroi_pool`` call (OPS_SPEC section 3) and return its geometry."""
     _check_input_and_rois(input_shape, rois_shape)
-    output_dim = _positive_int(output_dim, "output_dim")
-    group_size = _positive_int(group_size, "group_size")
-    pooled_size = _positive_int(pooled_size, "pooled_size")
-    part_size = pooled_size if part_size is None else _positive_int(part_size, "part_size")
-    sample_per_part = _positive_int(sample_per_part, "sample_per_part")
+    options = psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+                                 sample_per_part, spatial_scale, trans_std)
+    output_dim, group_size = options["output_dim"], options["group_size"]
+    pooled_size = options["pooled_size"]
+    part_size = pooled_size if options["part_size"] is None else options["part_size"]
     channels = input_shape[1]
     if channels != output_dim * group_size * group_size:
         raise ValueError(
@@ -304,7 +433,7 @@ def deform_psroi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, ou
             f"{output_dim * group_size * group_size}, got {channels}")
     num_classes = 1
     if offset_shape is not None:
-        _require_ndim(offset_shape, 4, "offset")
+        require_ndim(offset_shape, 4, "offset")
         offset_channels = offset_shape[1]
         if offset_channels < 2 or offset_channels % 2:
             raise ValueError(f"offset.shape[1] is not valid: expected a positive even number "
@@ -314,11 +443,8 @@ def deform_psroi_pool_geometry(input_shape, rois_shape, offset_shape=None, *, ou
             raise ValueError(f"offset.shape[1] is not valid: num_classes={num_classes} must "
                              f"divide output_dim={output_dim}, got {offset_channels} channels")
     geometry = PSRoIPoolGeometry(
-        *input_shape, rois_shape[0], output_dim, group_size,
-        pooled_size, part_size, sample_per_part,
-        _positive_float(spatial_scale, "spatial_scale"), _finite_float(trans_std, "trans_std"),
-        num_classes,
-    )
+        *input_shape, rois_shape[0], output_dim, group_size, pooled_size, part_size,
+        options["sample_per_part"], options["spatial_scale"], options["trans_std"], num_classes)
     if offset_shape is not None:
         _require_shape(offset_shape, geometry.offset_shape, "offset")
     return geometry

@@ -49,12 +49,16 @@ def _tour(xp, device):
     return reads_right and reads_mean
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _parser():
     parser = Parser(prog="python -m cudeform tour",
                     description="A short tour of deform_conv2d on this machine: DCNv2 forward "
                                 "and backward, and two facts of its sampling rule.")
     add_device_option(parser, "the CPU, then the GPU when CuPy sees one")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
     require_settings()
     if args.device == "cuda":
         require_cuda()

@@ -1,4 +1,4 @@
-"""The workspace limit that bounds the column buffer, and batch chunking under it."""
+"""The workspace limit that bounds the buffers of a call, and batch chunking under it."""
 
 from __future__ import annotations
 
@@ -33,8 +33,16 @@ def workspace_limit() -> int:
 
     It is the value given to :func:`set_workspace_limit`, else the environment
     variable ``CUDEFORM_WORKSPACE_LIMIT`` (bytes), else 256 MiB (268435456).
-    On the GPU it bounds the column buffer of deformable convolution; on the
-    CPU, the per-chunk buffers of the NumPy path.
+    On the GPU it bounds every buffer that an op allocates besides its outputs and
+    gradients (see the GPU host logic's ``workspace_per_image``); on the CPU, the
+    per-chunk buffers of the NumPy path.
+
+    Example:
+        >>> import cudeform
+        >>> cudeform.set_workspace_limit(64 * 2**20)
+        >>> cudeform.workspace_limit()
+        67108864
+        >>> cudeform.set_workspace_limit(None)  # back to $CUDEFORM_WORKSPACE_LIMIT or 256 MiB
     """
     if _limit is not None:
         return _limit
@@ -54,6 +62,13 @@ def set_workspace_limit(nbytes: Optional[int]) -> None:
     Raises:
         TypeError: ``nbytes`` is not an int (a float, a string or a bool) or None.
         ValueError: ``nbytes`` is below 1.
+
+    Example:
+        >>> import cudeform
+        >>> cudeform.set_workspace_limit(2**30)  # 1 GiB
+        >>> cudeform.workspace_limit()
+        1073741824
+        >>> cudeform.set_workspace_limit(None)
     """
     global _limit
     if nbytes is None:
@@ -65,8 +80,15 @@ def set_workspace_limit(nbytes: Optional[int]) -> None:
     _limit = _positive(int(nbytes), "nbytes", nbytes)
 
 
-def batch_chunks(batch: int, bytes_per_image: int) -> Iterator[Tuple[int, int]]:
-    """Yield ``(start, stop)`` ranges covering ``range(batch)`` under the limit."""
-    per_chunk = max(1, workspace_limit() // max(1, bytes_per_image))
+def batch_chunks(batch: int, bytes_per_image: int,
+                 reserved: int = 0) -> Iterator[Tuple[int, int]]:
+    """Yield ``(start, stop)`` ranges covering ``range(batch)`` so that ``reserved``
+    bytes (held for the whole call) plus ``bytes_per_image`` per image of a range stay
+    under the limit; a range holds at least one image (all of them when an image needs
+    no workspace)."""
+    if bytes_per_image <= 0:
+        per_chunk = max(1, batch)
+    else:
+        per_chunk = max(1, (workspace_limit() - reserved) // bytes_per_image)
     for start in range(0, batch, per_chunk):
         yield start, min(batch, start + per_chunk)

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 from cudeform import _arrays
 from cudeform._cpu import deform_conv as cpu
 from cudeform._gpu import deform_conv as gpu
-from cudeform._shapes import check_grad_output, deform_conv2d_geometry
+from cudeform._shapes import deform_conv2d_geometry
 from cudeform._typing import Array, IntPair
 
 
@@ -24,13 +24,12 @@ class DeformConv2dGrads(NamedTuple):
 
 
 def _prepare(arrays, stride, padding, dilation):
-    xp, dtype, arrays = _arrays.prepare(arrays)
-    g = deform_conv2d_geometry(
-        arrays["input"].shape, arrays["offset"].shape, arrays["weight"].shape,
-        None if arrays["bias"] is None else arrays["bias"].shape,
-        None if arrays["mask"] is None else arrays["mask"].shape,
-        stride=stride, padding=padding, dilation=dilation)
-    return xp, dtype, g, arrays
+    def geometry(shapes):
+        return deform_conv2d_geometry(shapes["input"], shapes["offset"], shapes["weight"],
+                                      shapes["bias"], shapes["mask"], stride=stride,
+                                      padding=padding, dilation=dilation)
+
+    return _arrays.prepare(arrays, ("bias", "mask"), geometry)
 
 
 def deform_conv2d(input: Array, offset: Array, weight: Array, bias: Optional[Array] = None, *,
@@ -64,7 +63,10 @@ def deform_conv2d(input: Array, offset: Array, weight: Array, bias: Optional[Arr
         :func:`cudeform.workspace_limit`, so any batch size works.
 
     Raises:
-        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        TypeError: an array argument that is not an array (None where one is
+            required, a list), an unsupported dtype, mixed dtypes or array kinds, or an
+            option of the wrong kind (a string, None, a bool or a float where an int
+            goes); the message names the argument.
         ValueError: a shape or value that breaks the contract; the message names
             the argument, what was expected and what was given.
 
@@ -112,10 +114,23 @@ def deform_conv2d_backward(grad_output: Array, input: Array, offset: Array, weig
         border taps) is outside the open range, so its coordinate gradient is 0, as in
         mmcv; torchvision takes the derivative from above there. This is a first-order
         backward: it has no gradient of its own (no double backward).
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.ones((1, 1, 4, 4), np.float32)
+        >>> w = np.ones((1, 1, 3, 3), np.float32)
+        >>> offset = np.zeros((1, 18, 2, 2), np.float32)
+        >>> g = cudeform.deform_conv2d_backward(np.ones((1, 1, 2, 2), np.float32), x, offset, w)
+        >>> g.input[0, 0]  # how many outputs read each pixel
+        array([[1., 2., 2., 1.],
+               [2., 4., 4., 2.],
+               [2., 4., 4., 2.],
+               [1., 2., 2., 1.]], dtype=float32)
+        >>> g.bias is None and g.mask is None  # the forward had neither
+        True
     """
     arrays = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask,
                   grad_output=grad_output)
     xp, dtype, g, a = _prepare(arrays, stride, padding, dilation)
-    check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["offset"], a["weight"], a["bias"], a["mask"], g)
     return DeformConv2dGrads(*_arrays.call(xp, dtype, cpu.backward, gpu.backward, args))

@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 from cudeform import _arrays
 from cudeform._cpu import deform_psroi_pool as cpu
 from cudeform._gpu import deform_psroi_pool as gpu
-from cudeform._shapes import check_grad_output, deform_psroi_pool_geometry
+from cudeform._shapes import deform_psroi_pool_geometry
 from cudeform._typing import Array
 
 
@@ -20,11 +20,10 @@ class DeformPSRoIPoolGrads(NamedTuple):
 
 
 def _prepare(arrays, options):
-    xp, dtype, arrays = _arrays.prepare(arrays)
-    offset = arrays["offset"]
-    g = deform_psroi_pool_geometry(arrays["input"].shape, arrays["rois"].shape,
-                                   None if offset is None else offset.shape, **options)
-    return xp, dtype, g, arrays
+    def geometry(shapes):
+        return deform_psroi_pool_geometry(shapes["input"], shapes["rois"], shapes["offset"], **options)
+
+    return _arrays.prepare(arrays, ("offset",), geometry)
 
 
 def deform_psroi_pool(input: Array, rois: Array, offset: Optional[Array] = None, *,
@@ -66,8 +65,20 @@ def deform_psroi_pool(input: Array, rois: Array, offset: Optional[Array] = None,
         bfloat16, accumulated in float32).
 
     Raises:
-        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        TypeError: an array argument that is not an array (None where one is
+            required, a list), an unsupported dtype, mixed dtypes or array kinds, or an
+            option of the wrong kind (a string, None, a bool or a float where an int
+            goes); the message names the argument.
         ValueError: a shape or parameter that breaks the contract, named in the message.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.ones((1, 4, 6, 6), np.float32) * np.arange(4, dtype=np.float32)[:, None, None]
+        >>> rois = np.array([[0, 0, 0, 5, 5]], np.float32)
+        >>> # each bin reads its own score map: bin (i, j) reads channel i*2 + j
+        >>> cudeform.deform_psroi_pool(x, rois, output_dim=1, group_size=2, pooled_size=2)[0, 0]
+        array([[0., 1.],
+               [2., 3.]], dtype=float32)
     """
     options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
                    part_size=part_size, sample_per_part=sample_per_part,
@@ -100,12 +111,22 @@ def deform_psroi_pool_backward(grad_output: Array, input: Array, rois: Array,
         position (0 where floor == ceil). On the GPU the input gradient is
         accumulated with float atomics (bit-identical from run to run in
         deterministic mode, :func:`cudeform.set_deterministic`). First order only.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.ones((1, 4, 6, 6), np.float32)
+        >>> rois = np.array([[0, 0, 0, 5, 5]], np.float32)
+        >>> g = cudeform.deform_psroi_pool_backward(np.ones((1, 1, 2, 2), np.float32), x, rois,
+        ...                                         output_dim=1, group_size=2, pooled_size=2)
+        >>> g.input.sum(axis=(0, 2, 3))  # each bin's samples weigh 1 in all, on its channel
+        array([1., 1., 1., 1.], dtype=float32)
+        >>> g.offset is None
+        True
     """
     options = dict(output_dim=output_dim, group_size=group_size, pooled_size=pooled_size,
                    part_size=part_size, sample_per_part=sample_per_part,
                    spatial_scale=spatial_scale, trans_std=trans_std)
     xp, dtype, g, a = _prepare(
         dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
-    check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
     return DeformPSRoIPoolGrads(*_arrays.call(xp, dtype, cpu.backward, gpu.backward, args))

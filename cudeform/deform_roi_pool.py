@@ -7,7 +7,7 @@ from typing import NamedTuple, Optional
 from cudeform import _arrays
 from cudeform._cpu import deform_roi_pool as cpu
 from cudeform._gpu import deform_roi_pool as gpu
-from cudeform._shapes import check_grad_output, deform_roi_pool_geometry
+from cudeform._shapes import deform_roi_pool_geometry
 from cudeform._typing import Array, IntPair
 
 
@@ -20,11 +20,10 @@ class DeformRoIPoolGrads(NamedTuple):
 
 
 def _prepare(arrays, options):
-    xp, dtype, arrays = _arrays.prepare(arrays)
-    offset = arrays["offset"]
-    g = deform_roi_pool_geometry(arrays["input"].shape, arrays["rois"].shape,
-                                 None if offset is None else offset.shape, **options)
-    return xp, dtype, g, arrays
+    def geometry(shapes):
+        return deform_roi_pool_geometry(shapes["input"], shapes["rois"], shapes["offset"], **options)
+
+    return _arrays.prepare(arrays, ("offset",), geometry)
 
 
 def deform_roi_pool(input: Array, rois: Array, offset: Optional[Array] = None, *,
@@ -64,8 +63,24 @@ def deform_roi_pool(input: Array, rois: Array, offset: Optional[Array] = None, *
         (also float16 and bfloat16, accumulated in float32).
 
     Raises:
-        TypeError: mixed array kinds, mixed dtypes or an unsupported dtype.
+        TypeError: an array argument that is not an array (None where one is
+            required, a list), an unsupported dtype, mixed dtypes or array kinds, or an
+            option of the wrong kind (a string, None, a bool or a float where an int
+            goes); the message names the argument.
         ValueError: a shape or parameter that breaks the contract, named in the message.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.tile(np.arange(8, dtype=np.float32), (1, 1, 8, 1))  # x[..., i, j] = j
+        >>> rois = np.array([[0, 0, 0, 4, 4]], np.float32)
+        >>> cudeform.deform_roi_pool(x, rois, output_size=2)[0, 0]  # RoIAlign: mean column
+        array([[0.5, 2.5],
+               [0.5, 2.5]], dtype=float32)
+        >>> offset = np.zeros((1, 2, 2, 2), np.float32)
+        >>> offset[:, 0] = 0.5  # dx: half a RoI width, times gamma
+        >>> cudeform.deform_roi_pool(x, rois, offset, output_size=2, gamma=0.25)[0, 0]
+        array([[1., 3.],
+               [1., 3.]], dtype=float32)
     """
     options = dict(output_size=output_size, spatial_scale=spatial_scale,
                    sampling_ratio=sampling_ratio, gamma=gamma)
@@ -96,11 +111,24 @@ def deform_roi_pool_backward(grad_output: Array, input: Array, rois: Array,
         GPU the input gradient is accumulated with float atomics (bit-identical from
         run to run in deterministic mode, :func:`cudeform.set_deterministic`). First
         order only.
+
+    Example:
+        >>> import numpy as np, cudeform
+        >>> x = np.tile(np.arange(8, dtype=np.float32), (1, 1, 8, 1))  # x[..., i, j] = j
+        >>> rois = np.array([[0, 0, 0, 4, 4]], np.float32)
+        >>> offset = np.zeros((1, 2, 2, 2), np.float32)
+        >>> offset[:, 0] = 0.5  # dx: bins half a RoI width (times gamma) right, inside the map
+        >>> g = cudeform.deform_roi_pool_backward(np.ones((1, 1, 2, 2), np.float32), x, rois,
+        ...                                       offset, output_size=2, gamma=0.25)
+        >>> g.offset[0, 0]  # d/d(dx): gamma * roi_w * slope = 0.25 * 4 * 1
+        array([[1., 1.],
+               [1., 1.]], dtype=float32)
+        >>> float(g.input.sum())  # each of the 4 bins spreads a weight of 1
+        4.0
     """
     options = dict(output_size=output_size, spatial_scale=spatial_scale,
                    sampling_ratio=sampling_ratio, gamma=gamma)
     xp, dtype, g, a = _prepare(
         dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
-    check_grad_output(a["grad_output"].shape, g.output_shape)
     args = (a["grad_output"], a["input"], a["rois"], a["offset"], g)
     return DeformRoIPoolGrads(*_arrays.call(xp, dtype, cpu.backward, gpu.backward, args))

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy
 import pytest
 
+from cudeform._cli import why_cupy_cannot_run
 from tests.helpers import TOLERANCES
 
 try:
@@ -30,15 +31,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _why_no_gpu():
-    """Why the GPU tests cannot run here, or None when they can."""
+    """Why the GPU tests cannot run here, or None when they can (the reason the
+    command line gives, ``cudeform._cli.why_cupy_cannot_run``)."""
     if cupy is None:
         return "no CUDA device (CuPy is not installed or fails to import)"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as error:  # any CUDA error: no driver, no device, broken runtime
-        # Without a GPU, CuPy reports an "insufficient driver"; say what it means.
-        return f"no CUDA device ({type(error).__name__}: {error})"
-    return None if count > 0 else "no CUDA device (the CUDA runtime counts 0 devices)"
+    return why_cupy_cannot_run(cupy)
 
 
 NO_GPU = _why_no_gpu()

@@ -286,7 +286,8 @@ def test_errors_speak_of_tensors():
         adapter.deform_conv2d(**{**t, "offset": t["offset"].float()}, **options)
     integers = {k: None if v is None else v.long() for k, v in t.items()}
     with pytest.raises(TypeError, match=r"^input has dtype torch.int64, which cudeform does "
-                                        r"not support; expected one of torch.float16, "):
+                                        r"not support for tensors; expected one of "
+                                        r"torch.float16, "):
         adapter.deform_conv2d(**integers, **options)
     for name, value in (("offset", case["offset"]), ("weight", case["weight"].tolist()),
                         ("mask", 1.0)):

@@ -239,11 +239,12 @@ def test_functionals_take_mmcvs_positional_order():
         x.numpy(), rois.numpy(), pool_offset.numpy(), output_size=2, spatial_scale=0.5,
         sampling_ratio=2, gamma=0.2))
 
-    with pytest.raises(ValueError, match=r"^groups is not valid: expected input.shape\[1\] / "
-                                         r"weight.shape\[1\] = 4 / 2, got 1$"):
+    with pytest.raises(ValueError, match=r"^groups is not valid: expected input.shape\[1\] // "
+                                         r"weight.shape\[1\] = 4 // 2 = 2, got 1$"):
         mmcv.deform_conv2d(x, offset, weight, 1, 0, 1, 1, 2)
     with pytest.raises(ValueError, match=r"^deform_groups is not valid: expected "
-                                         r"offset.shape\[1\] / \(2\*kh\*kw\) = 36 / 18, got 1$"):
+                                         r"offset.shape\[1\] // \(2\*kh\*kw\) = 36 // 18 = 2, "
+                                         r"got 1$"):
         mmcv.modulated_deform_conv2d(x, offset, mask, weight, bias, 1, 0, 1, 2, 1)
     with pytest.raises(ValueError, match="^bias is not valid: mmcv's deform_conv2d takes "
                                          "bias=False only"):

@@ -9,10 +9,14 @@ Skipped without PyTorch, onnxscript or onnxruntime.
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy
 import pytest
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")  # torch.onnx.export writes the model with it
 pytest.importorskip("onnxscript")
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -164,10 +168,26 @@ class RoIHead(nn.Module):
      "deformable position-sensitive RoI pooling"),
 ], ids=["roi", "psroi"])
 def test_roi_poolings_refuse_to_export(pool, op, operator):
+    """What a user sees: the dynamo exporter (torch's default) wraps every error of its
+    capture step in its TorchExportError, whose message quotes cudeform's in its
+    "Exception summary" and whose cause is cudeform's RuntimeError (printed first in
+    the traceback); the TorchScript exporter raises cudeform's RuntimeError itself."""
     x, rois = torch.randn(1, 4, 8, 8), torch.tensor([[0, 1, 1, 5, 5.]])
+    message = (f"cudeform::{op} cannot be exported to ONNX: ONNX has no {operator} operator "
+               f"(of cudeform's ops, only deform_conv2d exports, as DeformConv). Export the "
+               f"part of the model before it (e.g. the backbone) and run the pooling in "
+               f"PyTorch.")
     with pytest.raises(Exception) as error:
         torch.onnx.export(RoIHead(pool).eval(), (x, rois), dynamo=True, opset_version=19,
                           verbose=False)
-    assert f"cudeform::{op} cannot be exported to ONNX: ONNX has no {operator} operator" \
-        in str(error.value)
+    assert type(error.value).__name__ == "TorchExportError"
+    assert f"<class 'RuntimeError'>: {message}\n" in str(error.value)
+    cause = error.value.__cause__
+    assert type(cause) is RuntimeError and str(cause) == message
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's
+        with pytest.raises(RuntimeError) as error:
+            torch.onnx.export(RoIHead(pool).eval(), (x, rois), io.BytesIO(), dynamo=False,
+                              opset_version=19)
+    assert str(error.value) == message
     assert pool(x, rois).shape[0] == 1  # outside an export the layer still runs

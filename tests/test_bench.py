@@ -265,11 +265,11 @@ def test_help_is_plain_text_and_shows_defaults(capsys):
 
 
 def test_device_cuda_without_a_gpu_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(_cli, "why_no_cuda", lambda: "no GPU here")
+    monkeypatch.setattr(_cli, "why_no_cuda", lambda: "no CUDA device (CuPy: none here)")
     assert cudeform_main(["bench", "--device", "cuda"]) == 2
     error = capsys.readouterr().err
-    assert error == ("python -m cudeform bench: error: --device cuda: no GPU to run on: "
-                     "no GPU here\n")
+    assert error == ("python -m cudeform bench: error: --device cuda: no CUDA device (CuPy: "
+                     "none here)\n")
 
 
 @pytest.mark.parametrize("argv, environment, message", [

@@ -280,17 +280,24 @@ def test_shape_errors_name_the_argument(change, match):
         cudeform.deform_conv2d(**{**arrays, **change}, **opts)
 
 
-@pytest.mark.parametrize("option, value, match", [
-    ("stride", 0, r"stride is not valid: expected values >= 1, got 0"),
-    ("stride", (1, 2, 3), r"stride is not valid: expected an int or a pair of ints"),
-    ("padding", -1, r"padding is not valid: expected values >= 0, got -1"),
-    ("dilation", (1, 0), r"dilation is not valid: expected values >= 1, got \(1, 0\)"),
-    ("dilation", 1.5, r"dilation is not valid: expected an int or a pair of ints, got 1.5"),
-    ("padding", True, r"padding is not valid: expected an int or a pair of ints"),
+@pytest.mark.parametrize("option, value, error, match", [
+    ("stride", 0, ValueError, r"stride is not valid: expected values >= 1, got 0"),
+    ("stride", (1, 2, 3), ValueError, r"stride is not valid: expected an int or a pair of ints"),
+    ("padding", -1, ValueError, r"padding is not valid: expected values >= 0, got -1"),
+    ("dilation", (1, 0), ValueError, r"dilation is not valid: expected values >= 1, got \(1, 0\)"),
+    ("stride", 2**31, ValueError,
+     r"stride is not valid: expected values <= 2147483647 \(a 32-bit C int\), got 2147483648"),
+    ("dilation", 1.5, TypeError,
+     r"dilation is not valid: expected an int or a pair of ints, got float 1.5"),
+    ("padding", True, TypeError,
+     r"padding is not valid: expected an int or a pair of ints, got bool True"),
+    ("stride", "1", TypeError, r"stride is not valid: expected an int or a pair of ints, got str '1'"),
+    ("stride", None, TypeError, r"stride is not valid: expected an int or a pair of ints, got None"),
+    ("padding", (1, "1"), TypeError, r"padding is not valid: expected an int or a pair of ints"),
 ])
-def test_option_errors(option, value, match):
+def test_option_errors(option, value, error, match):
     arrays, opts = _valid()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         cudeform.deform_conv2d(**arrays, **{**opts, option: value})
 
 

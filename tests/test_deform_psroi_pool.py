@@ -313,7 +313,7 @@ def _valid():
     (dict(input=numpy.zeros((2, 35, 7, 8), numpy.float32)),
      r"input.shape\[1\] is not valid: expected output_dim\*group_size\*\*2=36, got 35"),
     (dict(input=numpy.zeros((2, 36, 0, 8), numpy.float32)),
-     r"input.shape is not valid: expected a positive height and width"),
+     r"input.shape is not valid: expected positive channels, height and width"),
     (dict(offset=numpy.zeros((3, 4, 3, 2), numpy.float32)),
      r"offset.shape is not valid: expected \(3, 4, 3, 3\), got \(3, 4, 3, 2\)"),
     (dict(offset=numpy.zeros((2, 4, 3, 3), numpy.float32)),
@@ -330,21 +330,33 @@ def test_shape_errors_name_the_argument(change, match):
         cudeform.deform_psroi_pool(**{**arrays, **change}, **options)
 
 
-@pytest.mark.parametrize("option, value, match", [
-    ("output_dim", 0, r"output_dim is not valid: expected an int >= 1, got 0"),
-    ("group_size", -1, r"group_size is not valid: expected an int >= 1, got -1"),
-    ("pooled_size", 0, r"pooled_size is not valid: expected an int >= 1, got 0"),
-    ("pooled_size", 2.0, r"pooled_size is not valid: expected an int >= 1, got 2.0"),
-    ("part_size", 0, r"part_size is not valid: expected an int >= 1, got 0"),
-    ("sample_per_part", 0, r"sample_per_part is not valid: expected an int >= 1, got 0"),
-    ("spatial_scale", 0.0, r"spatial_scale is not valid: expected a positive number, got 0.0"),
-    ("spatial_scale", -0.0625, r"spatial_scale is not valid: expected a positive number"),
-    ("spatial_scale", float("inf"), r"spatial_scale is not valid: expected a positive number"),
-    ("trans_std", float("nan"), r"trans_std is not valid: expected a finite number, got nan"),
+@pytest.mark.parametrize("option, value, error, match", [
+    ("output_dim", 0, ValueError, r"output_dim is not valid: expected an int >= 1, got 0"),
+    ("group_size", -1, ValueError, r"group_size is not valid: expected an int >= 1, got -1"),
+    ("pooled_size", 0, ValueError, r"pooled_size is not valid: expected an int >= 1, got 0"),
+    ("pooled_size", 2.0, TypeError,
+     r"pooled_size is not valid: expected an int >= 1, got float 2.0"),
+    ("part_size", 0, ValueError, r"part_size is not valid: expected an int >= 1, got 0"),
+    ("sample_per_part", 0, ValueError,
+     r"sample_per_part is not valid: expected an int >= 1, got 0"),
+    ("sample_per_part", 2**40, ValueError,
+     r"sample_per_part is not valid: expected an int <= 2147483647 \(a 32-bit C int\)"),
+    ("output_dim", "1", TypeError, r"output_dim is not valid: expected an int >= 1, got str '1'"),
+    ("group_size", None, TypeError, r"group_size is not valid: expected an int >= 1, got None"),
+    ("spatial_scale", 0.0, ValueError,
+     r"spatial_scale is not valid: expected a positive number, got 0.0"),
+    ("spatial_scale", -0.0625, ValueError, r"spatial_scale is not valid: expected a positive number"),
+    ("spatial_scale", float("inf"), ValueError,
+     r"spatial_scale is not valid: expected a positive number"),
+    ("spatial_scale", 10**400, ValueError,
+     r"spatial_scale is not valid: expected a positive number"),
+    ("trans_std", float("nan"), ValueError,
+     r"trans_std is not valid: expected a finite number, got nan"),
+    ("trans_std", False, TypeError, r"trans_std is not valid: expected a finite number, got bool"),
 ])
-def test_option_errors(option, value, match):
+def test_option_errors(option, value, error, match):
     arrays, options = _valid()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         cudeform.deform_psroi_pool(**arrays, **{**options, option: value})
 
 
@@ -353,7 +365,8 @@ def test_dtype_and_grad_output_errors():
     with pytest.raises(TypeError, match=r"rois has dtype float64 but input has dtype float32"):
         cudeform.deform_psroi_pool(**{**arrays, "rois": arrays["rois"].astype(numpy.float64)},
                                    **options)
-    with pytest.raises(TypeError, match=r"offset has dtype float16 but input has dtype float32"):
+    with pytest.raises(TypeError, match=r"offset has dtype float16, which NumPy \(CPU\) arrays "
+                                        r"do not support"):
         cudeform.deform_psroi_pool(
             **{**arrays, "offset": arrays["offset"].astype(numpy.float16)}, **options)
     with pytest.raises(ValueError, match=r"grad_output.shape is not valid: expected "

@@ -329,20 +329,30 @@ def test_shape_errors_name_the_argument(change, match):
         cudeform.deform_roi_pool(**{**arrays, **change}, **options)
 
 
-@pytest.mark.parametrize("option, value, match", [
-    ("output_size", 0, r"output_size is not valid: expected values >= 1, got 0"),
-    ("output_size", (2, 0), r"output_size is not valid: expected values >= 1, got \(2, 0\)"),
-    ("output_size", 1.5, r"output_size is not valid: expected an int or a pair of ints"),
-    ("spatial_scale", 0, r"spatial_scale is not valid: expected a positive number, got 0"),
-    ("spatial_scale", -0.5, r"spatial_scale is not valid: expected a positive number"),
-    ("spatial_scale", float("inf"), r"spatial_scale is not valid: expected a positive number"),
-    ("sampling_ratio", -1, r"sampling_ratio is not valid: expected an int >= 0, got -1"),
-    ("sampling_ratio", 1.5, r"sampling_ratio is not valid: expected an int >= 0, got 1.5"),
-    ("gamma", float("nan"), r"gamma is not valid: expected a finite number, got nan"),
+@pytest.mark.parametrize("option, value, error, match", [
+    ("output_size", 0, ValueError, r"output_size is not valid: expected values >= 1, got 0"),
+    ("output_size", (2, 0), ValueError,
+     r"output_size is not valid: expected values >= 1, got \(2, 0\)"),
+    ("output_size", 1.5, TypeError, r"output_size is not valid: expected an int or a pair of ints"),
+    ("spatial_scale", 0, ValueError, r"spatial_scale is not valid: expected a positive number, got 0"),
+    ("spatial_scale", -0.5, ValueError, r"spatial_scale is not valid: expected a positive number"),
+    ("spatial_scale", float("inf"), ValueError,
+     r"spatial_scale is not valid: expected a positive number"),
+    ("spatial_scale", "0.5", TypeError,
+     r"spatial_scale is not valid: expected a positive number, got str '0.5'"),
+    ("spatial_scale", None, TypeError,
+     r"spatial_scale is not valid: expected a positive number, got None"),
+    ("sampling_ratio", -1, ValueError, r"sampling_ratio is not valid: expected an int >= 0, got -1"),
+    ("sampling_ratio", 1.5, TypeError,
+     r"sampling_ratio is not valid: expected an int >= 0, got float 1.5"),
+    ("sampling_ratio", True, TypeError,
+     r"sampling_ratio is not valid: expected an int >= 0, got bool True"),
+    ("gamma", float("nan"), ValueError, r"gamma is not valid: expected a finite number, got nan"),
+    ("gamma", "0.1", TypeError, r"gamma is not valid: expected a finite number, got str '0.1'"),
 ])
-def test_option_errors(option, value, match):
+def test_option_errors(option, value, error, match):
     arrays, options = _valid()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         cudeform.deform_roi_pool(**arrays, **{**options, option: value})
 
 
@@ -351,7 +361,8 @@ def test_dtype_and_grad_output_errors():
     with pytest.raises(TypeError, match=r"rois has dtype float64 but input has dtype float32"):
         cudeform.deform_roi_pool(**{**arrays, "rois": arrays["rois"].astype(numpy.float64)},
                                  **options)
-    with pytest.raises(TypeError, match=r"offset has dtype float16 but input has dtype float32"):
+    with pytest.raises(TypeError, match=r"offset has dtype float16, which NumPy \(CPU\) arrays "
+                                        r"do not support"):
         cudeform.deform_roi_pool(**{**arrays, "offset": arrays["offset"].astype(numpy.float16)},
                                  **options)
     half = {k: v.astype(numpy.float16) for k, v in arrays.items()}

@@ -1,5 +1,9 @@
 """``python -m cudeform demo``: its task, its sampling-point walk, its networks, and a tiny run."""
 
+import pathlib
+import shutil
+import subprocess
+
 import numpy
 import pytest
 
@@ -94,14 +98,29 @@ def test_both_networks_start_as_the_same_function():
 
 
 def test_a_tiny_run_prints_both_accuracies_and_writes_the_picture(tmp_path, capsys):
-    out = tmp_path / "demo.png"
+    # A path without an extension: the PNG goes to exactly that path, the one printed.
+    (tmp_path / "results").mkdir()
+    out = tmp_path / "results" / "noext"
     status = demo.main(["--steps", "2", "--batch-size", "8", "--test-size", "16",
                         "--device", "cpu", "--out", str(out)])
     printed = capsys.readouterr().out
     assert status == 0
     assert "plain CNN       test accuracy" in printed
     assert "deformable CNN  test accuracy" in printed
+    assert f"Wrote {out}. Total time" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in out.parent.iterdir()] == ["noext"]
+
+
+def test_the_default_picture_is_ignored_by_git():
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    default = demo._parser().get_default("out")
+    for folder in ("", "examples/"):  # the demo writes it wherever it runs
+        ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", folder + default],
+                                 cwd=root)
+        assert ignored.returncode == 0, f"{folder + default} is not in .gitignore"
 
 
 def test_panel_labels_count_the_distinct_positions():

@@ -9,7 +9,7 @@ all three ops must be bit-identical across the three orders. With float atomics 
 default) the results are only close; on the cases below some bits do differ.
 
 The fixed-point results are also compared with float64 (float32 tolerances), the
-rounding error of the fixed point is checked against the bound the README documents,
+rounding error of the fixed point is checked against the bound docs/how-it-works.md gives,
 and non-finite contributions give the NaN and infinities that float sums give.
 """
 

@@ -17,7 +17,7 @@ KERNEL_FILES = sorted(p.name for p in (ROOT / "kernels").iterdir() if p.suffix i
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    pytest.importorskip("build")
+    pytest.importorskip("build.__main__")  # the build tool, not a stray build/ folder
     result = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
          str(ROOT)], capture_output=True, text=True)
@@ -60,3 +60,29 @@ def test_installed_wheel_finds_its_own_kernels(wheel, tmp_path):
     kernel_dir, total = result.stdout.split()
     assert pathlib.Path(kernel_dir) == target / "cudeform" / "kernels"
     assert float(total) == 9.0
+
+
+def test_the_wheel_has_the_package_version(wheel):
+    import cudeform
+
+    assert wheel.name.startswith(f"cudeform-{cudeform.__version__}-")
+
+
+def _version(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_the_version_is_newer_than_every_released_one():
+    """Changes listed under "Unreleased" ship under a new version number; once the
+    CHANGELOG dates a section for it, that section is the newest."""
+    import cudeform
+
+    headings = [line[3:].strip() for line in (ROOT / "CHANGELOG.md").read_text().splitlines()
+                if line.startswith("## ")]
+    released = [_version(h.split()[0]) for h in headings if h != "Unreleased"]
+    current = _version(cudeform.__version__)
+    assert released, headings
+    if current in released:
+        assert released[0] == current and headings[0] != "Unreleased", headings
+    else:
+        assert headings[0] == "Unreleased" and current > max(released), (current, headings)

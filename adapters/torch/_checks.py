@@ -9,13 +9,15 @@ shared with the Chainer adapter.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
 
+from cudeform._shapes import check_grad_output
 
-__all__ = ["SUPPORTED_DTYPES", "check_tensors", "require_tensors"]
+
+__all__ = ["SUPPORTED_DTYPES", "check_tensors", "checked_call", "require_tensors"]
 
 # float16 and bfloat16 CPU tensors compute in float32 on the NumPy path.
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -48,6 +50,11 @@ def check_tensors(tensors: Mapping[str, Optional[Tensor]]) -> None:
         ValueError: CUDA tensors on different GPUs.
     """
     present = {name: t for name, t in tensors.items() if t is not None}
+    for name, tensor in present.items():  # an unsupported dtype is named as such, not as a mix
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} has dtype {tensor.dtype}, which cudeform does not "
+                            f"support for tensors; expected one of "
+                            f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
     first = next(iter(present))
     reference = present[first]
     for name, tensor in present.items():
@@ -60,7 +67,27 @@ def check_tensors(tensors: Mapping[str, Optional[Tensor]]) -> None:
         if tensor.dtype != reference.dtype:
             raise TypeError(f"{name} has dtype {tensor.dtype} but {first} has dtype "
                             f"{reference.dtype}; pass tensors of one dtype")
-    if reference.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{first} has dtype {reference.dtype}, which cudeform does not "
-                        f"support; expected one of "
-                        f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+
+
+def checked_call(tensors: Mapping[str, Optional[Tensor]], optional: tuple,
+                 geometry_of: Callable):
+    """Every check of one op call, run by the real kernels and the fake ones alike,
+    before anything is converted (a 16-bit CPU tensor is copied to float32 on its way
+    to the core, so a call with the wrong shapes must fail first).
+
+    Args:
+        tensors: the op's tensor arguments by name; the first one is the reference.
+        optional: the names that may be None.
+        geometry_of: the op's geometry from :mod:`cudeform._shapes`, a function of
+            ``{name: shape or None}``; a ``grad_output`` must have its output shape.
+
+    Returns:
+        The geometry.
+    """
+    require_tensors(tensors, optional)
+    check_tensors(tensors)
+    shapes = {name: None if t is None else t.shape for name, t in tensors.items()}
+    geometry = geometry_of(shapes)
+    if "grad_output" in shapes:
+        check_grad_output(shapes["grad_output"], geometry.output_shape)
+    return geometry

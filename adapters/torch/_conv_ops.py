@@ -20,20 +20,16 @@ import torch
 from torch import Tensor
 
 import cudeform
-from cudeform._shapes import ConvGeometry, check_grad_output, deform_conv2d_geometry
-from cudeform.adapters.torch._checks import check_tensors
+from cudeform._shapes import ConvGeometry, deform_conv2d_geometry
+from cudeform.adapters.torch._checks import checked_call
 from cudeform.adapters.torch._to_core import run_core
 
 __all__ = ["DEVICE_TYPES", "deform_conv2d_op", "deform_conv2d_backward_op", "empty_like",
-           "no_double_backward", "shape_of"]
+           "no_double_backward"]
 
 DEVICE_TYPES = ("cpu", "cuda")
 _ARGUMENTS = ("Tensor input, Tensor offset, Tensor weight, Tensor? bias, int[] stride, "
               "int[] padding, int[] dilation, Tensor? mask")
-
-
-def shape_of(tensor: Optional[Tensor]) -> Optional[tuple]:
-    return None if tensor is None else tuple(tensor.shape)
 
 
 def empty_like(tensor: Optional[Tensor]) -> Optional[Tensor]:
@@ -59,9 +55,9 @@ def _options(stride, padding, dilation) -> dict:
 def deform_conv2d_op(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
                      stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                      mask: Optional[Tensor]) -> Tensor:
-    return run_core(cudeform.deform_conv2d, dict(input=input, offset=offset, weight=weight,
-                                                 bias=bias, mask=mask),
-                    **_options(stride, padding, dilation))
+    tensors = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask)
+    conv_geometry(tensors, stride, padding, dilation)
+    return run_core(cudeform.deform_conv2d, tensors, **_options(stride, padding, dilation))
 
 
 @torch.library.custom_op(
@@ -69,32 +65,35 @@ def deform_conv2d_op(input: Tensor, offset: Tensor, weight: Tensor, bias: Option
     schema=f"(Tensor grad_output, {_ARGUMENTS}) -> (Tensor, Tensor, Tensor, Tensor?, Tensor?)")
 def deform_conv2d_backward_op(grad_output, input, offset, weight, bias, stride, padding,
                               dilation, mask):
-    return run_core(cudeform.deform_conv2d_backward,
-                    dict(grad_output=grad_output, input=input, offset=offset, weight=weight,
-                         bias=bias, mask=mask),
+    tensors = dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask,
+                   grad_output=grad_output)
+    conv_geometry(tensors, stride, padding, dilation)
+    return run_core(cudeform.deform_conv2d_backward, tensors,
                     **_options(stride, padding, dilation))
 
 
-def conv_geometry(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
-                  stride, padding, dilation, mask: Optional[Tensor]) -> ConvGeometry:
-    """The validated geometry of a call, on the tensors' (possibly symbolic) sizes."""
-    return deform_conv2d_geometry(input.shape, offset.shape, weight.shape, shape_of(bias),
-                                  shape_of(mask), **_options(stride, padding, dilation))
+def conv_geometry(tensors: dict, stride, padding, dilation) -> ConvGeometry:
+    """Every check of a call (``tensors``: input, offset, weight, bias, mask and, for
+    the backward, grad_output) and its geometry, on the tensors' (possibly symbolic)
+    sizes; the real kernels and the fakes run it first."""
+    def geometry(s):
+        return deform_conv2d_geometry(s["input"], s["offset"], s["weight"], s["bias"],
+                                      s["mask"], **_options(stride, padding, dilation))
+
+    return checked_call(tensors, ("bias", "mask"), geometry)
 
 
 @deform_conv2d_op.register_fake
 def _(input, offset, weight, bias, stride, padding, dilation, mask):
-    check_tensors(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask))
-    g = conv_geometry(input, offset, weight, bias, stride, padding, dilation, mask)
+    g = conv_geometry(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask),
+                      stride, padding, dilation)
     return input.new_empty(g.output_shape)
 
 
 @deform_conv2d_backward_op.register_fake
 def _(grad_output, input, offset, weight, bias, stride, padding, dilation, mask):
-    check_tensors(dict(grad_output=grad_output, input=input, offset=offset, weight=weight,
-                       bias=bias, mask=mask))
-    g = conv_geometry(input, offset, weight, bias, stride, padding, dilation, mask)
-    check_grad_output(grad_output.shape, g.output_shape)
+    conv_geometry(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask,
+                       grad_output=grad_output), stride, padding, dilation)
     return tuple(empty_like(t) for t in (input, offset, weight, bias, mask))
 
 

@@ -16,7 +16,6 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from cudeform.adapters.torch._checks import check_tensors
 from cudeform.adapters.torch._conv_ops import conv_geometry
 
 try:  # the dynamo exporter's own flag (private to torch), see _dynamo_exporter_running
@@ -64,8 +63,8 @@ def deform_conv2d_node(input: Tensor, offset: Tensor, weight: Tensor, bias: Opti
                        stride: Sequence[int], padding: Sequence[int],
                        dilation: Sequence[int], mask: Optional[Tensor]) -> Tensor:
     """ONNX ``DeformConv(X, W, offset, B, mask)`` with the attributes of the call."""
-    check_tensors(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask))
-    g = conv_geometry(input, offset, weight, bias, stride, padding, dilation, mask)
+    g = conv_geometry(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask),
+                      stride, padding, dilation)
     attributes = dict(
         dilations=[g.dilation_h, g.dilation_w],
         group=_static(g.groups, "groups (input.shape[1] // weight.shape[1])"),
@@ -84,4 +83,5 @@ def refuse_export(op_name: str, what: str) -> None:
         return
     raise RuntimeError(f"cudeform::{op_name} cannot be exported to ONNX: ONNX has no "
                        f"{what} operator (of cudeform's ops, only deform_conv2d exports, "
-                       f"as DeformConv)")
+                       f"as DeformConv). Export the part of the model before it (e.g. the "
+                       f"backbone) and run the pooling in PyTorch.")

@@ -21,13 +21,9 @@ from typing import Callable
 import torch
 
 import cudeform
-from cudeform._shapes import (
-    check_grad_output, deform_psroi_pool_geometry, deform_roi_pool_geometry,
-)
-from cudeform.adapters.torch._checks import check_tensors
-from cudeform.adapters.torch._conv_ops import (
-    DEVICE_TYPES, empty_like, no_double_backward, shape_of,
-)
+from cudeform._shapes import deform_psroi_pool_geometry, deform_roi_pool_geometry
+from cudeform.adapters.torch._checks import checked_call
+from cudeform.adapters.torch._conv_ops import DEVICE_TYPES, empty_like, no_double_backward
 from cudeform.adapters.torch._to_core import run_core
 
 __all__ = ["deform_roi_pool_op", "deform_roi_pool_backward_op", "deform_psroi_pool_op",
@@ -57,13 +53,21 @@ def _define_pool(name: str, arguments: str, options_of: Callable, geometry: Call
     """Register ``cudeform::<name>`` and ``cudeform::<name>_backward`` with fakes and
     autograd; return both ops."""
 
+    def checked(tensors, options):
+        """Every check of a call, on the (possibly symbolic) sizes, before any
+        conversion; the real kernels and the fakes run it first."""
+        return checked_call(tensors, ("offset",), lambda s: geometry(
+            s["input"], s["rois"], s["offset"], **options_of(*options)))
+
     def forward_impl(input, rois, offset, *options):
-        return run_core(forward, dict(input=input, rois=rois, offset=offset),
-                        **options_of(*options))
+        tensors = dict(input=input, rois=rois, offset=offset)
+        checked(tensors, options)
+        return run_core(forward, tensors, **options_of(*options))
 
     def backward_impl(grad_output, input, rois, offset, *options):
-        return run_core(backward, dict(grad_output=grad_output, input=input, rois=rois,
-                                       offset=offset), **options_of(*options))
+        tensors = dict(input=input, rois=rois, offset=offset, grad_output=grad_output)
+        checked(tensors, options)
+        return run_core(backward, tensors, **options_of(*options))
 
     forward_op = torch.library.custom_op(
         f"cudeform::{name}", forward_impl, mutates_args=(), device_types=DEVICE_TYPES,
@@ -74,14 +78,11 @@ def _define_pool(name: str, arguments: str, options_of: Callable, geometry: Call
         schema=f"(Tensor grad_output, {arguments}) -> (Tensor, Tensor?)")
 
     def fake_forward(input, rois, offset, *options):
-        check_tensors(dict(input=input, rois=rois, offset=offset))
-        g = geometry(input.shape, rois.shape, shape_of(offset), **options_of(*options))
+        g = checked(dict(input=input, rois=rois, offset=offset), options)
         return input.new_empty(g.output_shape)
 
     def fake_backward(grad_output, input, rois, offset, *options):
-        check_tensors(dict(grad_output=grad_output, input=input, rois=rois, offset=offset))
-        g = geometry(input.shape, rois.shape, shape_of(offset), **options_of(*options))
-        check_grad_output(grad_output.shape, g.output_shape)
+        checked(dict(input=input, rois=rois, offset=offset, grad_output=grad_output), options)
         return empty_like(input), empty_like(offset)
 
     def setup_context(ctx, inputs, output):

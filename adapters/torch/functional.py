@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from cudeform._shapes import pair
+from cudeform import _shapes
 from cudeform._typing import IntPair
 from cudeform.adapters.torch import _onnx
 from cudeform.adapters.torch._checks import require_tensors
@@ -53,26 +53,34 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor,
         coordinate gradient (mmcv's rule; torchvision differentiates from above there).
 
     Raises:
-        TypeError: a tensor argument that is not a tensor, mixed devices, mixed dtypes
-            or an unsupported dtype.
+        TypeError: a tensor argument that is not a tensor, mixed devices, mixed dtypes,
+            an unsupported dtype, or an option of the wrong kind (a string, None, a
+            bool or a float where an int is expected).
         ValueError: a shape or value that breaks the contract (the core's message).
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import deform_conv2d
+        >>> x = torch.ones(1, 1, 4, 4)
+        >>> weight = torch.ones(1, 1, 3, 3)
+        >>> offset = torch.zeros(1, 18, 2, 2, requires_grad=True)
+        >>> y = deform_conv2d(x, offset, weight)
+        >>> y.detach()[0, 0]
+        tensor([[9., 9.],
+                [9., 9.]])
+        >>> y.sum().backward()
+        >>> offset.grad.shape
+        torch.Size([1, 18, 2, 2])
     """
     require_tensors(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask),
                     optional=("bias", "mask"))
-    stride = list(pair(stride, "stride", minimum=1))
-    padding = list(pair(padding, "padding", minimum=0))
-    dilation = list(pair(dilation, "dilation", minimum=1))
+    stride, padding, dilation = (list(pair) for pair in
+                                 _shapes.conv_options(stride, padding, dilation).values())
     if _onnx.exporting_to_onnx():
         return _onnx.deform_conv2d_node(input, offset, weight, bias, stride, padding,
                                         dilation, mask)
     return torch.ops.cudeform.deform_conv2d(input, offset, weight, bias, stride, padding,
                                             dilation, mask)
-
-
-def _real(value):
-    """A Python float for the schema's ``float``; other values go on to fail there."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else value
 
 
 def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None, *,
@@ -95,14 +103,25 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None
         order only).
 
     Raises:
+        TypeError: a tensor argument that is not a tensor, mixed devices, mixed dtypes,
+            an unsupported dtype, or an option of the wrong kind (e.g. a string).
+        ValueError: a shape or option value that breaks the contract.
         RuntimeError: inside ``torch.onnx.export``, which has no such operator.
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import deform_roi_pool
+        >>> x = torch.arange(8.0).repeat(1, 1, 8, 1)  # x[..., i, j] = j
+        >>> rois = torch.tensor([[0.0, 0, 0, 4, 4]])
+        >>> deform_roi_pool(x, rois, output_size=2)[0, 0]  # RoIAlign: mean column
+        tensor([[0.5000, 2.5000],
+                [0.5000, 2.5000]])
     """
     require_tensors(dict(input=input, rois=rois, offset=offset), optional=("offset",))
     _onnx.refuse_export("deform_roi_pool", "deformable RoI pooling")
-    output_size = list(pair(output_size, "output_size", minimum=1))
-    return torch.ops.cudeform.deform_roi_pool(input, rois, offset, output_size,
-                                              _real(spatial_scale), sampling_ratio,
-                                              _real(gamma))
+    options = _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
+    options["output_size"] = list(options["output_size"])
+    return torch.ops.cudeform.deform_roi_pool(input, rois, offset, **options)
 
 
 def deform_psroi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None, *,
@@ -126,11 +145,25 @@ def deform_psroi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = No
         to input and offset (first order only).
 
     Raises:
+        TypeError: a tensor argument that is not a tensor, mixed devices, mixed dtypes,
+            an unsupported dtype, or an option of the wrong kind (e.g. a string).
+        ValueError: a shape or option value that breaks the contract.
         RuntimeError: inside ``torch.onnx.export``, which has no such operator.
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import deform_psroi_pool
+        >>> x = torch.arange(4.0).view(1, 4, 1, 1) * torch.ones(1, 4, 6, 6)
+        >>> rois = torch.tensor([[0.0, 0, 0, 5, 5]])
+        >>> # each bin reads its own score map: bin (i, j) reads channel i*2 + j
+        >>> deform_psroi_pool(x, rois, output_dim=1, group_size=2, pooled_size=2)[0, 0]
+        tensor([[0., 1.],
+                [2., 3.]])
     """
     require_tensors(dict(input=input, rois=rois, offset=offset), optional=("offset",))
     _onnx.refuse_export("deform_psroi_pool", "deformable position-sensitive RoI pooling")
-    part_size = pooled_size if part_size is None else part_size
-    return torch.ops.cudeform.deform_psroi_pool(input, rois, offset, output_dim, group_size,
-                                                pooled_size, part_size, sample_per_part,
-                                                _real(spatial_scale), _real(trans_std))
+    options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+                                         sample_per_part, spatial_scale, trans_std)
+    if options["part_size"] is None:
+        options["part_size"] = options["pooled_size"]
+    return torch.ops.cudeform.deform_psroi_pool(input, rois, offset, **options)

@@ -15,9 +15,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from cudeform import _layer_arguments as arguments
 from cudeform.adapters.torch import functional
-from cudeform._layer_arguments import divisor, positive_int
-from cudeform._shapes import pair
+from cudeform.adapters.torch._checks import check_tensors, require_tensors
 from cudeform.adapters.torch.functional import IntPair
 
 __all__ = ["DeformConv2d", "DeformConvLayer"]
@@ -40,6 +40,8 @@ class DeformConvLayer(nn.Module):
             the offset, as torchvision does.
 
     Raises:
+        TypeError: an argument of the wrong kind (e.g. a string or a float for an int,
+            anything but a bool for ``bias``), naming it.
         ValueError: naming the argument that is not valid.
     """
 
@@ -47,19 +49,17 @@ class DeformConvLayer(nn.Module):
                  stride: IntPair, padding: IntPair, dilation: IntPair, groups: int,
                  bias: bool, deform_groups: Optional[int] = None) -> None:
         super().__init__()
-        self.in_channels = positive_int(in_channels, "in_channels")
-        self.out_channels = positive_int(out_channels, "out_channels")
-        self.kernel_size: Tuple[int, int] = pair(kernel_size, "kernel_size", minimum=1)
-        self.stride: Tuple[int, int] = pair(stride, "stride", minimum=1)
-        self.padding: Tuple[int, int] = pair(padding, "padding", minimum=0)
-        self.dilation: Tuple[int, int] = pair(dilation, "dilation", minimum=1)
-        self.groups = divisor(groups, "groups", in_channels=in_channels,
-                              out_channels=out_channels)
-        self.deform_groups = None if deform_groups is None else divisor(
-            deform_groups, "deform_groups", in_channels=in_channels)
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups,
+        self.in_channels, self.out_channels, self.groups = arguments.conv_layer(
+            in_channels, out_channels, groups)
+        geometry = arguments.conv_geometry(kernel_size, stride, padding, dilation)
+        self.kernel_size: Tuple[int, int] = geometry[0]
+        self.stride, self.padding, self.dilation = geometry[1:]
+        self.deform_groups = None if deform_groups is None else arguments.divisor(
+            deform_groups, "deform_groups", in_channels=self.in_channels)
+        self.weight = nn.Parameter(torch.empty(self.out_channels,
+                                               self.in_channels // self.groups,
                                                *self.kernel_size))
-        if bias:
+        if arguments.flag(bias, "bias"):
             self.bias = nn.Parameter(torch.empty(out_channels))
         else:
             self.register_parameter("bias", None)
@@ -69,17 +69,18 @@ class DeformConvLayer(nn.Module):
         """Kernel taps ``kh*kw``."""
         return self.kernel_size[0] * self.kernel_size[1]
 
-    def _check_offset(self, offset: Tensor) -> None:
-        if self.deform_groups is None or not isinstance(offset, Tensor) or offset.dim() != 4:
-            return  # inferred, or left to the op's own checks
-        expected = 2 * self.deform_groups * self.taps
-        if offset.shape[1] != expected:
-            raise ValueError(f"offset.shape[1] is not valid: expected 2*deform_groups*kh*kw="
-                             f"{expected}, got {offset.shape[1]}")
+    def check_input(self, input: Tensor) -> None:
+        """What the op would check of ``input``, for a layer that computes its offsets
+        from it first: a wrong input fails as in a layer without an offset branch."""
+        require_tensors(dict(input=input))
+        check_tensors(dict(input=input, weight=self.weight))
+        arguments.conv_input(input.shape, self.weight.shape, self.stride, self.padding,
+                             self.dilation)
 
     def deform(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """The deformable convolution of ``input`` with this layer's parameters."""
-        self._check_offset(offset)
+        if self.deform_groups is not None and isinstance(offset, Tensor):
+            arguments.offset_channels(offset.shape, self.deform_groups, self.taps)
         return functional.deform_conv2d(input, offset, self.weight, self.bias, self.stride,
                                         self.padding, self.dilation, mask)
 

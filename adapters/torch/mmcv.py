@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from cudeform.adapters.torch import functional
 from cudeform._layer_arguments import positive_int
+from cudeform._shapes import check_declared_groups
 from cudeform.adapters.torch._checks import require_tensors
 from cudeform.adapters.torch.functional import IntPair
 from cudeform.adapters.torch.layers import DeformConvLayer
@@ -39,23 +40,6 @@ __all__ = [
     "ModulatedDeformConv2d", "ModulatedDeformConv2dPack", "ModulatedDeformRoIPoolPack",
     "deform_conv2d", "deform_roi_pool", "modulated_deform_conv2d",
 ]
-
-
-def _check_groups(input: Tensor, offset: Tensor, weight: Tensor, groups: int,
-                  deform_groups: int) -> None:
-    """mmcv takes the group counts as arguments; cudeform infers them, so they must
-    agree with the shapes."""
-    groups = positive_int(groups, "groups")
-    deform_groups = positive_int(deform_groups, "deform_groups")
-    if input.dim() != 4 or offset.dim() != 4 or weight.dim() != 4:
-        return  # the op's own shape checks report it
-    if groups * weight.shape[1] != input.shape[1]:
-        raise ValueError(f"groups is not valid: expected input.shape[1] / weight.shape[1] = "
-                         f"{input.shape[1]} / {weight.shape[1]}, got {groups}")
-    taps = weight.shape[2] * weight.shape[3]
-    if 2 * deform_groups * taps != offset.shape[1]:
-        raise ValueError(f"deform_groups is not valid: expected offset.shape[1] / (2*kh*kw) "
-                         f"= {offset.shape[1]} / {2 * taps}, got {deform_groups}")
 
 
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair = 1,
@@ -76,13 +60,24 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, stride: IntPair
 
     Returns:
         Tensor[N, C_out, H_out, W_out].
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import mmcv
+        >>> x, weight = torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3)
+        >>> mmcv.deform_conv2d(x, torch.zeros(1, 18, 2, 2), weight, 1, 0, 1, 1, 1)[0, 0]
+        tensor([[9., 9.],
+                [9., 9.]])
     """
-    if bias is not False:
-        raise ValueError(f"bias is not valid: mmcv's deform_conv2d takes bias=False only; "
-                         f"use modulated_deform_conv2d for a bias tensor, got {bias!r}")
+    if bias is not False:  # a tensor is a TypeError, True a ValueError
+        error = ValueError if isinstance(bias, bool) else TypeError
+        given = "None" if bias is None else f"{type(bias).__name__} {bias!r}"
+        raise error(f"bias is not valid: mmcv's deform_conv2d takes bias=False only; use "
+                    f"modulated_deform_conv2d for a bias tensor, got {given}")
     positive_int(im2col_step, "im2col_step")
     require_tensors(dict(input=input, offset=offset, weight=weight))
-    _check_groups(input, offset, weight, groups, deform_groups)
+    check_declared_groups(input.shape, offset.shape, weight.shape, groups=groups,
+                          deform_groups=deform_groups)
     return functional.deform_conv2d(input, offset, weight, None, stride, padding, dilation)
 
 
@@ -102,10 +97,20 @@ def modulated_deform_conv2d(input: Tensor, offset: Tensor, mask: Tensor, weight:
 
     Returns:
         Tensor[N, C_out, H_out, W_out].
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import mmcv
+        >>> x, weight, bias = torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3), torch.ones(1)
+        >>> mask = torch.full((1, 9, 2, 2), 0.5)  # every tap at half weight
+        >>> mmcv.modulated_deform_conv2d(x, torch.zeros(1, 18, 2, 2), mask, weight, bias)[0, 0]
+        tensor([[5.5000, 5.5000],
+                [5.5000, 5.5000]])
     """
     require_tensors(dict(input=input, offset=offset, mask=mask, weight=weight, bias=bias),
                     optional=("bias",))
-    _check_groups(input, offset, weight, groups, deform_groups)
+    check_declared_groups(input.shape, offset.shape, weight.shape, groups=groups,
+                          deform_groups=deform_groups)
     return functional.deform_conv2d(input, offset, weight, bias, stride, padding, dilation,
                                     mask)
 
@@ -114,7 +119,16 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor],
                     output_size: IntPair, spatial_scale: float = 1.0,
                     sampling_ratio: int = 0, gamma: float = 0.1) -> Tensor:
     """mmcv's ``deform_roi_pool``, positional; see
-    :func:`cudeform.adapters.torch.deform_roi_pool`. Returns Tensor[R, C, ph, pw]."""
+    :func:`cudeform.adapters.torch.deform_roi_pool`. Returns Tensor[R, C, ph, pw].
+
+    Example:
+        >>> import torch
+        >>> from cudeform.adapters.torch import mmcv
+        >>> x = torch.arange(8.0).repeat(1, 1, 8, 1)  # x[..., i, j] = j
+        >>> mmcv.deform_roi_pool(x, torch.tensor([[0.0, 0, 0, 4, 4]]), None, 2)[0, 0]
+        tensor([[0.5000, 2.5000],
+                [0.5000, 2.5000]])
+    """
     return functional.deform_roi_pool(input, rois, offset, output_size=output_size,
                                       spatial_scale=spatial_scale,
                                       sampling_ratio=sampling_ratio, gamma=gamma)
@@ -145,7 +159,7 @@ class DeformConv2d(DeformConvLayer):
                  groups: int = 1, deform_groups: int = 1, bias: bool = False,
                  im2col_step: int = 32) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, deform_groups)
+                         groups, bias, positive_int(deform_groups, "deform_groups"))
         self.im2col_step = positive_int(im2col_step, "im2col_step")
         self.transposed = False  # nn.Conv2d's attributes, as mmcv sets them
         self.output_padding = (0,)
@@ -190,6 +204,7 @@ class DeformConv2dPack(DeformConv2d):
         nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
         return self.deform(x, self.conv_offset(x))
 
 
@@ -216,7 +231,7 @@ class ModulatedDeformConv2d(DeformConvLayer):
                  stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
                  groups: int = 1, deform_groups: int = 1, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, deform_groups)
+                         groups, bias, positive_int(deform_groups, "deform_groups"))
         self.transposed = False
         self.output_padding = (0,)
         self.init_weights()
@@ -262,6 +277,7 @@ class ModulatedDeformConv2dPack(ModulatedDeformConv2d):
             nn.init.zeros_(self.conv_offset.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
         taps = self.deform_groups * self.taps
         offset, mask = self.conv_offset(x).split([2 * taps, taps], dim=1)
         return self.deform(x, offset, torch.sigmoid(mask))

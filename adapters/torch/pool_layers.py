@@ -12,9 +12,12 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from cudeform._layer_arguments import divisor, positive_int, psroi_pool_layer, roi_pool_layer
+from cudeform._layer_arguments import (
+    divisor, input_channels, positive_int, psroi_pool_layer, roi_pool_layer,
+)
 from cudeform._typing import IntPair
 from cudeform.adapters.torch import functional
+from cudeform.adapters.torch._checks import require_tensors
 
 __all__ = ["DeformPSRoIPool", "DeformPSRoIPoolPack", "DeformRoIPool", "DeformRoIPoolPack",
            "ModulatedDeformRoIPoolPack"]
@@ -99,10 +102,8 @@ class DeformRoIPoolPack(DeformRoIPool):
             output_channels * ph * pw, deform_fc_channels, 2 * ph * pw, depth=2))
 
     def _pool_and_offset(self, input: Tensor, rois: Tensor):
-        if isinstance(input, Tensor) and input.dim() == 4 \
-                and input.shape[1] != self.output_channels:
-            raise ValueError(f"input.shape[1] is not valid: expected output_channels="
-                             f"{self.output_channels}, got {input.shape[1]}")
+        require_tensors(dict(input=input, rois=rois))
+        input_channels(input.shape, self.output_channels, "output_channels")
         pooled = super().forward(input, rois).flatten(1)
         offset = self.offset_fc(pooled).view(rois.shape[0], 2, *self.output_size)
         return pooled, offset
@@ -214,6 +215,7 @@ class DeformPSRoIPoolPack(nn.Module):
         output_dim = positive_int(output_dim, "output_dim")
         num_classes = divisor(num_classes, "num_classes", output_dim=output_dim)
         k = positive_int(pooled_size, "pooled_size")
+        self.in_channels = in_channels
         self.conv_offset = _zero_(nn.Conv2d(in_channels, 2 * num_classes * k * k, 1))
         self.offset_pool = DeformPSRoIPool(2 * num_classes, k, k, None, sample_per_part,
                                            spatial_scale, trans_std)
@@ -221,5 +223,7 @@ class DeformPSRoIPoolPack(nn.Module):
                                           spatial_scale, trans_std)
 
     def forward(self, features: Tensor, score_maps: Tensor, rois: Tensor) -> Tensor:
+        require_tensors(dict(features=features, score_maps=score_maps, rois=rois))
+        input_channels(features.shape, self.in_channels, "in_channels", name="features")
         offset = self.offset_pool(self.conv_offset(features), rois)
         return self.score_pool(score_maps, rois, offset)

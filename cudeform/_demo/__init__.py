@@ -64,8 +64,8 @@ def _device(choice):
     if choice == "cuda":
         require_cuda()
         if not torch.cuda.is_available():
-            raise UsageError("--device cuda: no GPU to run on: this torch build sees no "
-                             "CUDA device (install a CUDA build of torch)")
+            raise UsageError("--device cuda: this torch build sees no CUDA device (install "
+                             "a CUDA build of torch)")
         return "cuda"
     return "cuda" if why_no_cuda() is None and torch.cuda.is_available() else "cpu"
 

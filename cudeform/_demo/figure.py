@@ -43,7 +43,7 @@ def _circle(centre, radius):
 
 def draw(path, examples, titles, units, plain_points, deformable_points, lengths, spreads,
          plain_spread):
-    """Write the PNG.
+    """Write the PNG to exactly ``path``, whatever its extension (none included).
 
     Args:
         examples: ``(k, H, W)`` images, one column each.
@@ -91,4 +91,4 @@ def draw(path, examples, titles, units, plain_points, deformable_points, lengths
                     "conv3 + conv4 (red; coinciding points overlap), with their RMS radius "
                     "(dashed)", fontsize=10)
     figure.subplots_adjust(left=0.04, right=0.955, top=0.88, bottom=0.07)
-    figure.savefig(path)
+    figure.savefig(path, format="png")  # without it, a path with no extension gains ".png"
