@@ -100,26 +100,31 @@ def _build_dir():
     return folder
 
 
-@functools.lru_cache(maxsize=None)
-def _library(family):
-    """The compiled family, cached on disk under a hash of the source and command."""
+def build_library(name, source, flags=COMPILE_FLAGS):
+    """``source`` (C++ text) compiled with ``flags`` and loaded with ctypes, cached on
+    disk under a hash of the compiler, the flags and the source."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    source = host_source(family)
-    key = hashlib.sha256("\0".join([cxx, *COMPILE_FLAGS, source]).encode()).hexdigest()[:20]
-    library = _build_dir() / f"{family}-{key}.so"
+    key = hashlib.sha256("\0".join([cxx, *flags, source]).encode()).hexdigest()[:20]
+    library = _build_dir() / f"{name}-{key}.so"
     if not library.exists():
         with tempfile.TemporaryDirectory(dir=library.parent) as work:
-            source_file = pathlib.Path(work) / f"{family}.cpp"
+            source_file = pathlib.Path(work) / f"{name}.cpp"
             source_file.write_text(source)
             built = pathlib.Path(work) / library.name
-            result = subprocess.run([cxx, *COMPILE_FLAGS, str(source_file), "-o", str(built)],
+            result = subprocess.run([cxx, *flags, str(source_file), "-o", str(built)],
                                     capture_output=True, text=True)
             if result.returncode != 0:
-                raise RuntimeError(f"host compilation of {family} failed:\n{result.stderr}")
+                raise RuntimeError(f"host compilation of {name} failed:\n{result.stderr}")
             os.replace(built, library)  # atomic, so concurrent runs never see half a file
     return ctypes.CDLL(str(library))
+
+
+@functools.lru_cache(maxsize=None)
+def _library(family):
+    """The compiled family (see :func:`build_library`)."""
+    return build_library(family, host_source(family))
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,518 @@
+// A block-level CUDA emulator for the host-run tests of kernels that use shared memory,
+// __syncthreads(), __syncwarp() and WMMA (block_wmma.h).
+//
+// launch() runs every block of a grid, one after another; each block runs its blockDim
+// threads as fibers (ucontext) on one OS thread. A fiber runs until it reaches a barrier
+// or a warp collective (or returns); the scheduler then resumes the next ready fiber, in
+// an order shuffled by the launch's seed (seed 0: ascending thread index). So every thread
+// sees its own threadIdx, and a barrier really waits for the whole block.
+//
+// Faults become a failure of the launch (a message, and launch() returns 1), never a hang:
+// - a barrier that not every thread of the block reaches (some returned, or wait at
+//   another __syncthreads or warp collective), or threads that reach different ones;
+// - a shared-memory race: with CUDEFORM_SHARED arrays, each element remembers its last
+//   write and reads (thread, block phase, warp phase). A read of a value another thread
+//   wrote in the same phase (no __syncthreads between, nor a __syncwarp when both are in
+//   one warp), a write over such a write or over such a read, is reported;
+// - a read of shared memory that no thread of the block wrote, or an index outside it.
+// Global memory is plain host memory: not tracked.
+
+#ifndef CUDEFORM_TESTS_HOST_BLOCK_SHIM_H
+#define CUDEFORM_TESTS_HOST_BLOCK_SHIM_H
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <source_location>
+#include <string>
+#include <vector>
+
+// Unqualified math calls in the kernels pick the float overload for float, as CUDA's do.
+using std::floor;
+using std::frexp;
+using std::ldexp;
+using std::llrint;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+// __shared__ stays undefined: kernels declare shared memory with CUDEFORM_SHARED, which
+// the emulator tracks (a plain __shared__ would not compile here).
+
+namespace cudeform_host {
+
+struct Dim3 {
+  unsigned int x, y, z;
+};
+
+constexpr unsigned int WARP = 32;
+constexpr std::size_t FIBER_STACK = 256 * 1024;
+
+// Where a barrier or collective was called from, for messages.
+struct Site {
+  const char* what = "";
+  unsigned int line = 0;
+  bool operator==(const Site& other) const {
+    return line == other.line && std::strcmp(what, other.what) == 0;
+  }
+};
+
+enum class State { ready, at_barrier, at_collective, returned };
+
+struct Fiber {
+  ucontext_t context;
+  State state = State::ready;
+  Site site;
+};
+
+// One warp's collective in progress: its arguments (compared across lanes) and each
+// arrived lane's payload.
+struct Collective {
+  unsigned int arrived = 0;
+  Site site;
+  std::string arguments;
+  void* payloads[WARP] = {};
+};
+
+struct Block {
+  Dim3 grid, block, index;
+  unsigned int threads = 0;
+  unsigned int current = 0;  // the running fiber
+  unsigned long long generation = 0;  // distinct for every block run, for shared memory
+  unsigned long long phase = 0;       // __syncthreads passed by the block
+  std::vector<unsigned long long> warp_phase;  // per warp: __syncwarp and __syncthreads
+  std::vector<Fiber> fibers;
+  std::vector<std::unique_ptr<char[]>> stacks;
+  std::vector<Collective> collectives;  // per warp
+  unsigned int at_barrier = 0;
+  Site barrier_site;
+  ucontext_t scheduler;
+  const std::function<void()>* body = nullptr;
+  bool failed = false;
+  std::string message;
+};
+
+inline thread_local Block* g_block = nullptr;
+inline thread_local unsigned long long g_generation = 0;
+
+inline Block& block() { return *g_block; }
+inline unsigned int this_thread() { return g_block->current; }
+
+inline std::string format(const char* pattern, ...) __attribute__((format(printf, 1, 2)));
+inline std::string format(const char* pattern, ...) {
+  char text[512];
+  va_list args;
+  va_start(args, pattern);
+  std::vsnprintf(text, sizeof text, pattern, args);
+  va_end(args);
+  return text;
+}
+
+inline void yield() {
+  Block& b = block();
+  swapcontext(&b.fibers[b.current].context, &b.scheduler);
+}
+
+// Ends the launch with `message`: the calling fiber is never resumed.
+[[noreturn]] inline void fail(const std::string& message) {
+  Block& b = block();
+  if (!b.failed) {
+    b.failed = true;
+    b.message = format("block (%u, %u, %u), thread %u: ", b.index.x, b.index.y, b.index.z,
+                       b.current) + message;
+  }
+  for (;;) yield();
+}
+
+inline Dim3 thread_index() {
+  const Block& b = block();
+  const unsigned int t = b.current;
+  return {t % b.block.x, (t / b.block.x) % b.block.y, t / (b.block.x * b.block.y)};
+}
+
+// --- barriers ---------------------------------------------------------------------------
+
+inline void block_barrier(Site site) {
+  Block& b = block();
+  if (b.at_barrier == 0) {
+    b.barrier_site = site;
+  } else if (!(site == b.barrier_site)) {
+    fail(format("divergent __syncthreads: this thread is at line %u while others wait at "
+                "line %u", site.line, b.barrier_site.line));
+  }
+  b.fibers[b.current].state = State::at_barrier;
+  b.fibers[b.current].site = site;
+  if (++b.at_barrier == b.threads) {  // the last one releases the block
+    b.at_barrier = 0;
+    ++b.phase;
+    for (auto& phase : b.warp_phase) ++phase;
+    for (auto& fiber : b.fibers) fiber.state = State::ready;
+    return;
+  }
+  yield();
+}
+
+// Warp collective: every lane of the warp arrives with the same `arguments` (text); the
+// last one to arrive calls perform(payloads of lanes 0..31), then all go on.
+inline void warp_collective(Site site, const std::string& arguments, void* payload,
+                            const std::function<void(void* const*)>& perform) {
+  Block& b = block();
+  if (b.threads % WARP != 0) {
+    fail(format("%s needs whole warps, but the block has %u threads", site.what, b.threads));
+  }
+  const unsigned int warp = b.current / WARP;
+  Collective& c = b.collectives[warp];
+  if (c.arrived == 0) {
+    c.site = site;
+    c.arguments = arguments;
+  } else if (!(site == c.site)) {
+    fail(format("divergent warp %u: lane %u calls %s at line %u while other lanes wait in "
+                "%s at line %u", warp, b.current % WARP, site.what, site.line, c.site.what,
+                c.site.line));
+  } else if (arguments != c.arguments) {
+    fail(format("lanes of warp %u disagree on the arguments of %s at line %u: %s, then %s",
+                warp, site.what, site.line, c.arguments.c_str(), arguments.c_str()));
+  }
+  c.payloads[b.current % WARP] = payload;
+  b.fibers[b.current].state = State::at_collective;
+  b.fibers[b.current].site = site;
+  if (++c.arrived < WARP) {
+    yield();
+    return;
+  }
+  c.arrived = 0;
+  perform(c.payloads);
+  for (unsigned int lane = 0; lane < WARP; ++lane) {
+    b.fibers[warp * WARP + lane].state = State::ready;
+  }
+}
+
+// --- shared memory ----------------------------------------------------------------------
+
+// The last write of an element and its latest reads, by (thread, block phase, warp phase).
+struct Shadow {
+  static constexpr int NONE = -1, SEVERAL = -2;
+  int writer = NONE;  // NONE: not written in this block
+  unsigned long long write_phase = 0, write_warp_phase = 0;
+  unsigned long long read_phase = 0, read_warp_phase = 0;
+  int reader = NONE;       // the one reader at (read_phase, read_warp_phase), or SEVERAL
+  int reader_warp = NONE;  // the one warp that read in read_phase, or SEVERAL
+};
+
+// Whether an access of thread t1 at (p1, w1) happens before one of t2 now.
+inline bool ordered(int t1, unsigned long long p1, unsigned long long w1, unsigned int t2) {
+  const Block& b = block();
+  if (t1 == static_cast<int>(t2) || p1 < b.phase) return true;
+  return static_cast<unsigned int>(t1) / WARP == t2 / WARP && w1 < b.warp_phase[t2 / WARP];
+}
+
+inline void check_read(Shadow& s, const char* name, long long index, unsigned int t) {
+  Block& b = block();
+  if (s.writer == Shadow::NONE) {
+    fail(format("thread %u reads %s[%lld], which no thread of the block has written", t, name,
+                index));
+  }
+  if (!ordered(s.writer, s.write_phase, s.write_warp_phase, t)) {
+    fail(format("race: thread %u reads %s[%lld], written by thread %d with no barrier "
+                "between (missing __syncthreads)", t, name, index, s.writer));
+  }
+  const unsigned int warp = t / WARP;
+  const unsigned long long warp_phase = b.warp_phase[warp];
+  if (s.reader == Shadow::NONE || s.read_phase < b.phase) {
+    s.read_phase = b.phase;
+    s.read_warp_phase = warp_phase;
+    s.reader = static_cast<int>(t);
+    s.reader_warp = static_cast<int>(warp);
+  } else if (s.reader_warp != static_cast<int>(warp)) {
+    s.reader_warp = Shadow::SEVERAL;
+    s.reader = Shadow::SEVERAL;
+  } else if (warp_phase > s.read_warp_phase) {  // the warp's earlier reads are ordered
+    s.read_warp_phase = warp_phase;
+    s.reader = static_cast<int>(t);
+  } else if (s.reader != static_cast<int>(t)) {
+    s.reader = Shadow::SEVERAL;
+  }
+}
+
+inline void check_write(Shadow& s, const char* name, long long index, unsigned int t) {
+  Block& b = block();
+  if (s.writer != Shadow::NONE && !ordered(s.writer, s.write_phase, s.write_warp_phase, t)) {
+    fail(format("race: thread %u writes %s[%lld], also written by thread %d with no barrier "
+                "between", t, name, index, s.writer));
+  }
+  if (s.reader != Shadow::NONE && s.read_phase == b.phase) {
+    const unsigned int warp = t / WARP;
+    const bool read_before = s.reader_warp == static_cast<int>(warp) &&
+                             (s.read_warp_phase < b.warp_phase[warp] ||
+                              s.reader == static_cast<int>(t));
+    if (!read_before) {
+      fail(format("race: thread %u writes %s[%lld] while another thread may still read it "
+                  "(no barrier since its read)", t, name, index));
+    }
+  }
+  s.writer = static_cast<int>(t);
+  s.reader = Shadow::NONE;  // every read so far happens before this write
+  s.write_phase = b.phase;
+  s.write_warp_phase = b.warp_phase[t / WARP];
+}
+
+template <typename T>
+struct SharedRef;
+
+// A pointer into a CUDEFORM_SHARED array: element accesses are checked and recorded.
+template <typename T>
+struct SharedPtr {
+  T* values;
+  Shadow* shadow;
+  long long size;
+  long long offset;
+  const char* name;
+
+  template <typename J>
+  SharedRef<T> operator[](J i) const {
+    return {*this, offset + static_cast<long long>(i)};
+  }
+  template <typename J>
+  SharedPtr operator+(J i) const {
+    SharedPtr moved = *this;
+    moved.offset += static_cast<long long>(i);
+    return moved;
+  }
+  long long checked(long long index) const {
+    if (index < 0 || index >= size) {
+      fail(format("thread %u accesses %s[%lld], outside its %lld elements", this_thread(), name,
+                  index, size));
+    }
+    return index;
+  }
+  // Read and write of element `index` on behalf of thread t (a lane of a warp collective).
+  T read(long long index, unsigned int t) const {
+    check_read(shadow[checked(index)], name, index, t);
+    return values[index];
+  }
+  void write(long long index, const T& value, unsigned int t) const {
+    check_write(shadow[checked(index)], name, index, t);
+    values[index] = value;
+  }
+  const void* address() const { return values + offset; }
+};
+
+template <typename T>
+struct SharedRef {
+  SharedPtr<T> pointer;
+  long long index;
+
+  operator T() const { return pointer.read(index, this_thread()); }
+  SharedRef& operator=(const T& value) {
+    pointer.write(index, value, this_thread());
+    return *this;
+  }
+  SharedRef& operator=(const SharedRef& other) { return *this = static_cast<T>(other); }
+};
+
+// The storage of one CUDEFORM_SHARED declaration: one per OS thread, and so per block,
+// poisoned (all bits set: NaN for floats) and forgotten when a new block starts.
+template <typename T, long long N>
+struct SharedArray {
+  alignas(32) T values[N];
+  Shadow shadow[N];
+  unsigned long long generation = ~0ull;
+
+  SharedPtr<T> pointer(const char* name) {
+    if (generation != block().generation) {
+      generation = block().generation;
+      std::memset(static_cast<void*>(values), 0xff, sizeof values);
+      for (auto& s : shadow) s = Shadow();
+    }
+    return {values, shadow, N, 0, name};
+  }
+};
+
+// --- launch -----------------------------------------------------------------------------
+
+inline void fiber_main() {
+  Block& b = block();
+  (*b.body)();
+  b.fibers[b.current].state = State::returned;
+}  // uc_link returns to the scheduler
+
+inline std::string describe_deadlock(const Block& b) {
+  std::string text = "deadlock: not every thread of the block reaches the same barrier:";
+  for (unsigned int t = 0; t < b.threads; ++t) {
+    const Fiber& f = b.fibers[t];
+    const bool first = t == 0 || b.fibers[t - 1].state != f.state ||
+                       !(b.fibers[t - 1].site == f.site);
+    if (!first) continue;
+    unsigned int last = t;
+    while (last + 1 < b.threads && b.fibers[last + 1].state == f.state &&
+           b.fibers[last + 1].site == f.site) {
+      ++last;
+    }
+    text += format(" threads %u-%u ", t, last);
+    text += f.state == State::returned ? std::string("have returned;")
+                                       : format("wait in %s at line %u;", f.site.what, f.site.line);
+  }
+  return text;
+}
+
+// Runs one block; false (with b.message) on a failure.
+inline bool run_block(Block& b, unsigned long long& random) {
+  b.generation = ++g_generation;
+  b.phase = 0;
+  b.at_barrier = 0;
+  std::fill(b.warp_phase.begin(), b.warp_phase.end(), 0ull);
+  for (auto& c : b.collectives) c = Collective();
+  for (unsigned int t = 0; t < b.threads; ++t) {
+    Fiber& f = b.fibers[t];
+    f = Fiber();
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = b.stacks[t].get();
+    f.context.uc_stack.ss_size = FIBER_STACK;
+    f.context.uc_link = &b.scheduler;
+    makecontext(&f.context, fiber_main, 0);
+  }
+  std::vector<unsigned int> order(b.threads);
+  for (;;) {
+    order.clear();
+    for (unsigned int t = 0; t < b.threads; ++t) {
+      if (b.fibers[t].state == State::ready) order.push_back(t);
+    }
+    if (order.empty()) {
+      for (const auto& f : b.fibers) {
+        if (f.state != State::returned) {
+          b.failed = true;
+          b.message = format("block (%u, %u, %u): ", b.index.x, b.index.y, b.index.z) +
+                      describe_deadlock(b);
+          return false;
+        }
+      }
+      return true;
+    }
+    if (random != 0) {  // Fisher-Yates with a 64-bit LCG
+      for (std::size_t i = order.size(); i > 1; --i) {
+        random = random * 6364136223846793005ull + 1442695040888963407ull;
+        std::swap(order[i - 1], order[(random >> 33) % i]);
+      }
+    }
+    for (unsigned int t : order) {
+      if (b.fibers[t].state != State::ready) continue;
+      b.current = t;
+      swapcontext(&b.scheduler, &b.fibers[t].context);
+      if (b.failed) return false;
+    }
+  }
+}
+
+// Runs `body` as every thread of every block of grid x block. Returns 0, or 1 with a
+// message (truncated to message_size) on a failure.
+inline int launch(const unsigned int* dims, unsigned long long seed, char* message,
+                  unsigned int message_size, const std::function<void()>& body) {
+  Block b;
+  b.grid = {dims[0], dims[1], dims[2]};
+  b.block = {dims[3], dims[4], dims[5]};
+  b.threads = b.block.x * b.block.y * b.block.z;
+  b.body = &body;
+  std::string error;
+  if (b.threads == 0 || b.threads > 1024) {
+    error = format("invalid block of %u threads (1 to 1024)", b.threads);
+  } else {
+    const unsigned int warps = (b.threads + WARP - 1) / WARP;
+    b.warp_phase.assign(warps, 0);
+    b.collectives.resize(warps);
+    b.fibers.resize(b.threads);
+    for (unsigned int t = 0; t < b.threads; ++t) {
+      b.stacks.emplace_back(new char[FIBER_STACK]);
+    }
+    Block* outer = g_block;
+    g_block = &b;
+    unsigned long long random = seed;
+    for (unsigned int z = 0; z < b.grid.z && error.empty(); ++z) {
+      for (unsigned int y = 0; y < b.grid.y && error.empty(); ++y) {
+        for (unsigned int x = 0; x < b.grid.x && error.empty(); ++x) {
+          b.index = {x, y, z};
+          if (!run_block(b, random)) error = b.message;
+        }
+      }
+    }
+    g_block = outer;
+  }
+  if (error.empty()) return 0;
+  std::snprintf(message, message_size, "%s", error.c_str());
+  return 1;
+}
+
+}  // namespace cudeform_host
+
+// --- CUDA built-ins -----------------------------------------------------------------------
+
+#define threadIdx (::cudeform_host::thread_index())
+#define blockIdx (::cudeform_host::block().index)
+#define blockDim (::cudeform_host::block().block)
+#define gridDim (::cudeform_host::block().grid)
+
+inline void __syncthreads(std::source_location where = std::source_location::current()) {
+  cudeform_host::block_barrier({"__syncthreads", where.line()});
+}
+
+// A barrier of the calling thread's warp (full mask only); it orders the warp's
+// shared-memory accesses as __syncthreads orders the block's.
+inline void __syncwarp(unsigned int mask = 0xffffffffu,
+                       std::source_location where = std::source_location::current()) {
+  const cudeform_host::Site site{"__syncwarp", where.line()};
+  if (mask != 0xffffffffu) cudeform_host::fail("only __syncwarp() of the full warp is emulated");
+  cudeform_host::warp_collective(site, "", nullptr, [](void* const*) {
+    cudeform_host::Block& b = cudeform_host::block();
+    ++b.warp_phase[b.current / cudeform_host::WARP];
+  });
+}
+
+// Fibers switch only at barriers and collectives, so a read-modify-write is atomic.
+template <typename T>
+inline T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+inline unsigned int atomicOr(unsigned int* address, unsigned int value) {
+  const unsigned int old = *address;
+  *address = old | value;
+  return old;
+}
+inline unsigned int atomicMax(unsigned int* address, unsigned int value) {
+  const unsigned int old = *address;
+  *address = old > value ? old : value;
+  return old;
+}
+
+template <typename T>
+inline T __ldg(const T* address) {
+  return *address;
+}
+
+inline float __int_as_float(int bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+inline double __longlong_as_double(long long bits) {
+  double value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// Shared memory: a tracked array here, `__shared__ __align__(32) T name[size]` under CUDA.
+#define CUDEFORM_SHARED(T, name, size)                                                   \
+  static thread_local ::cudeform_host::SharedArray<T, (size)> name##_storage;            \
+  const auto name = name##_storage.pointer(#name)
+
+#endif  // CUDEFORM_TESTS_HOST_BLOCK_SHIM_H
