@@ -1,7 +1,7 @@
 """Run kernels in the block emulator: every block of a real launch, each with its
 ``blockDim`` threads, shared memory, barriers and WMMA (see ``block_shim.h``).
 
-A family's module is ``block_shim.h``, ``host_16bit.h`` and ``block_wmma.h`` joined with
+A family's module is the emulator's headers (:data:`EMULATOR_HEADERS`) joined with
 :func:`cudeform._gpu.source.family_source` and one ``extern "C"`` wrapper per kernel
 instantiation, compiled and cached by :func:`tests.host.loader.build_library` (the
 ``cuda_include`` folder lets the kernels' ``#include <mma.h>`` and CUDA's 16-bit headers
@@ -25,7 +25,7 @@ from tests.host.loader import _c_parameter, build_library
 
 HERE = pathlib.Path(__file__).resolve().parent
 # Joined, in this order, ahead of the kernel source.
-EMULATOR_HEADERS = ("block_shim.h", "host_16bit.h", "block_wmma.h")
+EMULATOR_HEADERS = ("block_shim.h", "block_shared.h", "host_16bit.h", "block_wmma.h")
 COMPILE_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++20", f"-I{HERE / 'cuda_include'}",
                  "-DCUDEFORM_16BIT_TYPES")
 BLOCK_DTYPES = ("float16", "bfloat16", "float32", "float64")
