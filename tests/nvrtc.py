@@ -213,12 +213,13 @@ def compile_instantiation(major, arch, family, dtype, index_bits, label):
 _PROPERTIES = re.compile(
     r"Function properties for (\S+)\s*\n.*?(\d+) bytes stack frame, (\d+) bytes spill stores, "
     r"(\d+) bytes spill loads", re.DOTALL)
-_REGISTERS = re.compile(r"Compiling entry function '(\S+)'.*?Used (\d+) registers", re.DOTALL)
+_REGISTERS = re.compile(r"Compiling entry function '(\S+)'.*?Used (\d+) registers"
+                        r"(?:.*?(\d+) bytes smem)?", re.DOTALL)
 
 
 def resource_usage(log):
-    """``{mangled name: {registers, stack, spill_stores, spill_loads}}`` from ptxas's
-    ``-v`` report in an NVRTC log."""
+    """``{mangled name: {registers, smem, stack, spill_stores, spill_loads}}`` from
+    ptxas's ``-v`` report in an NVRTC log (smem: static shared memory bytes, 0 if none)."""
     usage = {}
     for match in _PROPERTIES.finditer(log):
         usage[match.group(1)] = dict(stack=int(match.group(2)), spill_stores=int(match.group(3)),
@@ -227,4 +228,5 @@ def resource_usage(log):
         found = _REGISTERS.search("Compiling entry function " + chunk)
         if found and found.group(1) in usage:
             usage[found.group(1)]["registers"] = int(found.group(2))
+            usage[found.group(1)]["smem"] = int(found.group(3) or 0)
     return usage
