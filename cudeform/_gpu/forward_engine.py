@@ -80,17 +80,17 @@ _choices: dict = {}
 
 class Engine:
     """Chooses and runs a forward. ``mode`` None reads ``CUDEFORM_CONV_FORWARD`` at each
-    call; ``tiles`` are the fused configurations to consider, first the preferred one;
+    call; ``tiles`` are the fused configurations to consider, first the preferred one
+    (default: :data:`cudeform._gpu.fused_tiles.TILES`);
     ``allow_tf32`` lets float32 use the tensor-core kernels; ``cache`` keeps the choices
     (a fresh dict by default)."""
 
-    def __init__(self, device, *, mode=None, tiles=fused_tiles.TILES, allow_tf32=False,
-                 cache=None):
+    def __init__(self, device, *, mode=None, tiles=None, allow_tf32=False, cache=None):
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.device = device
         self.mode = mode
-        self.tiles = tuple(tiles)
+        self.tiles = tuple(fused_tiles.TILES if tiles is None else tiles)
         self.allow_tf32 = allow_tf32
         self.cache = {} if cache is None else cache
 
