@@ -94,12 +94,24 @@ class Engine:
         self.allow_tf32 = allow_tf32
         self.cache = {} if cache is None else cache
 
+    def _key(self, mode, g, dtype_name, has_mask, has_bias):
+        return (mode, self.device.key, dtype_name, self.allow_tf32, g, has_mask, has_bias)
+
+    def choice(self, g, dtype_name, *, has_mask, has_bias):
+        """The name of the forward :meth:`run` takes now for these arguments ("im2col" or
+        "fused <tile> (<math>)"), or None when it has not chosen yet."""
+        mode = self.mode or environment_mode()
+        if mode == IM2COL:
+            return IM2COL
+        chosen = self.cache.get(self._key(mode, g, dtype_name, has_mask, has_bias))
+        return None if chosen is None else chosen.name
+
     def run(self, g, dtype_name, *, has_mask, has_bias, im2col, fused):
         """The output of the chosen forward: ``im2col()`` or ``fused(tile, math)``."""
         mode = self.mode or environment_mode()
         if mode == IM2COL:
             return im2col()
-        key = (mode, self.device.key, dtype_name, self.allow_tf32, g, has_mask, has_bias)
+        key = self._key(mode, g, dtype_name, has_mask, has_bias)
         chosen = self.cache.get(key)
         if chosen is None:
             chosen = self._choose(mode, key, g, dtype_name, im2col, fused)
