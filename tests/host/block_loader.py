@@ -25,7 +25,8 @@ from tests.host.loader import _c_parameter, build_library
 
 HERE = pathlib.Path(__file__).resolve().parent
 # Joined, in this order, ahead of the kernel source.
-EMULATOR_HEADERS = ("block_shim.h", "block_shared.h", "host_16bit.h", "block_wmma.h")
+EMULATOR_HEADERS = ("block_shim.h", "builtins.h", "block_shared.h", "host_16bit.h",
+                    "block_wmma.h")
 COMPILE_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++20", f"-I{HERE / 'cuda_include'}",
                  "-DCUDEFORM_16BIT_TYPES")
 BLOCK_DTYPES = ("float16", "bfloat16", "float32", "float64")

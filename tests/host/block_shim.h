@@ -31,16 +31,8 @@
 #include <string>
 #include <vector>
 
-// Unqualified math calls in the kernels pick the float overload for float, as CUDA's do.
-using std::floor;
-using std::frexp;
-using std::ldexp;
-using std::llrint;
-
-#define __global__
-#define __device__
+// Math overloads, __global__, __device__ and __forceinline__: builtins.h.
 #define __host__
-#define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 // __shared__ stays undefined: kernels declare shared memory with CUDEFORM_SHARED, which
@@ -332,38 +324,6 @@ inline void __syncwarp(unsigned int mask = 0xffffffffu,
   });
 }
 
-// Fibers switch only at barriers and collectives, so a read-modify-write is atomic.
-template <typename T>
-inline T atomicAdd(T* address, T value) {
-  const T old = *address;
-  *address = old + value;
-  return old;
-}
-inline unsigned int atomicOr(unsigned int* address, unsigned int value) {
-  const unsigned int old = *address;
-  *address = old | value;
-  return old;
-}
-inline unsigned int atomicMax(unsigned int* address, unsigned int value) {
-  const unsigned int old = *address;
-  *address = old > value ? old : value;
-  return old;
-}
-
-template <typename T>
-inline T __ldg(const T* address) {
-  return *address;
-}
-
-inline float __int_as_float(int bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
-}
-inline double __longlong_as_double(long long bits) {
-  double value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
-}
+// atomics, __ldg and bit casts: builtins.h, joined after this file.
 
 #endif  // CUDEFORM_TESTS_HOST_BLOCK_SHIM_H

@@ -179,50 +179,44 @@ void fill_fragment(fragment<Use, M, N, K, T, Layout>& f,
   for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
 }
 
+namespace detail {
+
+// The collective of a load: every lane's fragment filled from the matrix at `pointer`,
+// row-major when `row`, else column-major.
+template <typename Fragment, typename P>
+void load(Fragment& f, const P& pointer, unsigned int ldm, bool row, unsigned int line) {
+  const std::string args = arguments("load_matrix_sync", pointer, ldm, row);
+  cudeform_host::warp_collective({"load_matrix_sync", line}, args, &f, [&](void* const* lanes) {
+    const unsigned int first = cudeform_host::this_thread() / 32 * 32;
+    for (unsigned int lane = 0; lane < 32; ++lane) {
+      Fragment& out = *static_cast<Fragment*>(lanes[lane]);
+      for (int e = 0; e < Fragment::num_elements; ++e) {
+        int r, c;
+        Fragment::position(lane, e, r, c);
+        out.x[e] = read(pointer, row ? r * ldm + c : c * ldm + r, first + lane);
+      }
+    }
+  });
+}
+
+}  // namespace detail
+
 // matrix_a / matrix_b: the layout is the fragment's.
 template <typename Use, int M, int N, int K, typename T, typename Layout, typename P>
 void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const P& pointer, unsigned int ldm,
                       std::source_location where = std::source_location::current()) {
-  typedef fragment<Use, M, N, K, T, Layout> Fragment;
   static_assert(!std::is_same_v<Use, accumulator>, "an accumulator load takes a layout_t");
   static_assert(std::is_same_v<typename detail::pointee<P>::type,
                                std::conditional_t<std::is_same_v<T, precision::tf32>, float, T>>,
                 "load_matrix_sync: the pointer's type does not match the fragment's");
-  const bool row = std::is_same_v<Layout, row_major>;
-  const std::string args = detail::arguments("load_matrix_sync", pointer, ldm, row);
-  cudeform_host::warp_collective(
-      {"load_matrix_sync", where.line()}, args, &f, [&](void* const* lanes) {
-        const unsigned int first = cudeform_host::this_thread() / 32 * 32;
-        for (unsigned int lane = 0; lane < 32; ++lane) {
-          Fragment& out = *static_cast<Fragment*>(lanes[lane]);
-          for (int e = 0; e < Fragment::num_elements; ++e) {
-            int r, c;
-            Fragment::position(lane, e, r, c);
-            out.x[e] = detail::read(pointer, row ? r * ldm + c : c * ldm + r, first + lane);
-          }
-        }
-      });
+  detail::load(f, pointer, ldm, std::is_same_v<Layout, row_major>, where.line());
 }
 
 template <int M, int N, int K, typename P>
 void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const P& pointer,
                       unsigned int ldm, layout_t layout,
                       std::source_location where = std::source_location::current()) {
-  typedef fragment<accumulator, M, N, K, float> Fragment;
-  const bool row = layout == mem_row_major;
-  const std::string args = detail::arguments("load_matrix_sync", pointer, ldm, layout);
-  cudeform_host::warp_collective(
-      {"load_matrix_sync", where.line()}, args, &f, [&](void* const* lanes) {
-        const unsigned int first = cudeform_host::this_thread() / 32 * 32;
-        for (unsigned int lane = 0; lane < 32; ++lane) {
-          Fragment& out = *static_cast<Fragment*>(lanes[lane]);
-          for (int e = 0; e < Fragment::num_elements; ++e) {
-            int r, c;
-            Fragment::position(lane, e, r, c);
-            out.x[e] = detail::read(pointer, row ? r * ldm + c : c * ldm + r, first + lane);
-          }
-        }
-      });
+  detail::load(f, pointer, ldm, layout == mem_row_major, where.line());
 }
 
 template <int M, int N, int K, typename P>

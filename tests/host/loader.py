@@ -1,8 +1,8 @@
 """Compile the CUDA kernel source as C++ for the CPU and launch it with ctypes.
 
-The module source is ``shim.h`` + :func:`cudeform._gpu.source.family_source` + one
-``extern "C"`` wrapper per kernel, element type and index type, generated from
-the signature table. :func:`host_launch` has the signature of
+The module source is ``shim.h`` + ``builtins.h`` +
+:func:`cudeform._gpu.source.family_source` + one ``extern "C"`` wrapper per kernel,
+element type and index type, generated from the signature table. :func:`host_launch` has the signature of
 :func:`cudeform._gpu.launch.cuda_launch` and runs the same argument checks and
 casts (:func:`cudeform._gpu.launch.kernel_arguments`), so the host logic of
 ``cudeform._gpu`` runs unchanged on NumPy arrays. Inside :func:`loop_order`, every
@@ -28,6 +28,7 @@ from cudeform._gpu.signatures import (
 from cudeform._gpu.source import family_source
 
 SHIM = pathlib.Path(__file__).resolve().parent / "shim.h"
+BUILTINS = SHIM.parent / "builtins.h"
 COMPILE_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17")
 # The host has no 16-bit CUDA types; float and double cover the CPU dtypes.
 HOST_DTYPES = ("float32", "float64")
@@ -90,7 +91,7 @@ def host_source(family):
                 for kernel in FAMILIES[family]
                 for dtype_name in HOST_DTYPES
                 for bits in INDEX_TYPES]
-    return "\n".join([SHIM.read_text(), family_source(family), *wrappers])
+    return "\n".join([SHIM.read_text(), BUILTINS.read_text(), family_source(family), *wrappers])
 
 
 def _build_dir():
