@@ -5,13 +5,15 @@
 // numbered across the images (q = n * P + p, P = out_h * out_w), by BLOCK_N output
 // channels:  out[n, co, p] = bias[co] + sum over (c, k) of weight[co, c, k] * sample(n, c, k, p).
 // The sum runs over the taps k, then over the offset groups the weight group's input
-// channels fall in, then over chunks of BLOCK_K channels. The block has BLOCK_M threads
-// and thread t owns pixel t of the tile: per tap and offset group it computes the sampling
-// point, corners, weights and mask once, and per chunk gathers that pixel's samples of the
-// chunk's channels into the shared tile A (BLOCK_K x BLOCK_M, pixel-fastest), rounded to
-// the storage type once, as im2col's columns are. The block copies the matching weights
-// into tile B (BLOCK_N x BLOCK_K), then multiplies (see FusedWmma and FusedSimt). The
-// epilogue adds the bias and writes NCHW directly.
+// channels fall in, then over chunks of BLOCK_K channels. The block has THREADS threads,
+// G = THREADS / BLOCK_M per pixel: thread t owns pixel t % BLOCK_M of the tile. Per tap
+// and offset group it computes the sampling point, corners, weights and mask once (so each
+// pixel's sampling is computed G times a block, in registers, rather than shared through
+// memory), and per chunk gathers that pixel's samples of every G-th channel of the chunk
+// into the shared tile A (BLOCK_K x BLOCK_M, pixel-fastest), rounded to the storage type
+// once, as im2col's columns are. The block copies the matching weights into tile B
+// (BLOCK_N x BLOCK_K), then multiplies (see FusedWmma and FusedSimt). The epilogue adds
+// the bias and writes NCHW directly.
 //
 // Every thread runs the same loops, so every __syncthreads is reached by the whole block;
 // threads past the last pixel gather zeros and write nothing.
@@ -34,12 +36,13 @@ struct select_type<false, A, B> {
   typedef B type;
 };
 
-// Tensor cores: each warp owns 32 pixels x BLOCK_N channels of the tile, as 2 x BLOCK_N/16
-// accumulator fragments (float). 16-bit types use m16n16k16; float32 uses m16n16k8 with
-// its operands rounded to TF32. A is read as a col_major matrix_a (pixel x k) and B as a
-// col_major matrix_b (k x channel). The epilogue stores each fragment to a per-warp
-// staging area and reads it back element by element, so no fragment mapping is assumed.
-template <typename T, int BLOCK_M, int BLOCK_N, int BLOCK_K>
+// Tensor cores: the warps form a WARPS_M x WARPS_N grid over the tile; each owns 32 pixels
+// by BLOCK_N / WARPS_N channels, as 2 x COLS accumulator fragments (float). 16-bit types
+// use m16n16k16; float32 uses m16n16k8 with its operands rounded to TF32. A is read as a
+// col_major matrix_a (pixel x k) and B as a col_major matrix_b (k x channel). The epilogue
+// stores each fragment to a per-warp staging area and reads it back element by element,
+// so no fragment mapping is assumed.
+template <typename T, int BLOCK_M, int BLOCK_N, int BLOCK_K, int THREADS>
 struct FusedWmma {
   static constexpr bool TF32 = sizeof(T) == 4;
   typedef typename select_type<TF32, nvcuda::wmma::precision::tf32, T>::type Operand;
@@ -47,11 +50,13 @@ struct FusedWmma {
   static constexpr int PAD = 16 / sizeof(T);  // rows of a multiple of 16 bytes
   static constexpr int LDA = BLOCK_M + PAD;
   static constexpr int LDB = BLOCK_K + PAD;
-  static constexpr int WARPS = BLOCK_M / 32;
-  static constexpr int ROWS = 2;              // fragments along the pixels, per warp
-  static constexpr int COLS = BLOCK_N / 16;   // fragments along the channels
-  static_assert(BLOCK_M % 32 == 0 && BLOCK_N % 16 == 0 && BLOCK_K % FRAGMENT_K == 0,
-                "WMMA tiles are whole fragments and warps");
+  static constexpr int WARPS = THREADS / 32;
+  static constexpr int WARPS_M = BLOCK_M / 32;
+  static constexpr int WARPS_N = WARPS / WARPS_M;
+  static constexpr int ROWS = 2;                        // fragments along the pixels, per warp
+  static constexpr int COLS = BLOCK_N / (16 * WARPS_N);  // fragments along the channels
+  static_assert(BLOCK_M % 32 == 0 && WARPS % WARPS_M == 0 && BLOCK_N % (16 * WARPS_N) == 0 &&
+                BLOCK_K % FRAGMENT_K == 0, "WMMA tiles are whole fragments and warps");
 
   typedef nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, FRAGMENT_K, float> Acc;
   struct Accumulators {
@@ -77,25 +82,24 @@ struct FusedWmma {
   template <typename TileA, typename TileB>
   __device__ static void multiply(Accumulators& acc, const TileA& a_tile, const TileB& b_tile) {
     using namespace nvcuda;
-    const int first_pixel = threadIdx.x / 32 * 32;
+    const int warp = threadIdx.x / 32;
+    const int first_pixel = warp % WARPS_M * 32;
+    const int first_channel = warp / WARPS_M * COLS * 16;
     #pragma unroll
     for (int step = 0; step < BLOCK_K; step += FRAGMENT_K) {
       wmma::fragment<wmma::matrix_a, 16, 16, FRAGMENT_K, Operand, wmma::col_major> a[ROWS];
-      wmma::fragment<wmma::matrix_b, 16, 16, FRAGMENT_K, Operand, wmma::col_major> b[COLS];
       #pragma unroll
       for (int i = 0; i < ROWS; ++i) {
         wmma::load_matrix_sync(a[i], a_tile + step * LDA + first_pixel + 16 * i, LDA);
         round_operand(a[i]);
       }
       #pragma unroll
-      for (int j = 0; j < COLS; ++j) {
-        wmma::load_matrix_sync(b[j], b_tile + 16 * j * LDB + step, LDB);
-        round_operand(b[j]);
-      }
-      #pragma unroll
-      for (int i = 0; i < ROWS; ++i) {
+      for (int j = 0; j < COLS; ++j) {  // one B fragment at a time: fewer registers
+        wmma::fragment<wmma::matrix_b, 16, 16, FRAGMENT_K, Operand, wmma::col_major> b;
+        wmma::load_matrix_sync(b, b_tile + (first_channel + 16 * j) * LDB + step, LDB);
+        round_operand(b);
         #pragma unroll
-        for (int j = 0; j < COLS; ++j) wmma::mma_sync(acc.f[i][j], a[i], b[j], acc.f[i][j]);
+        for (int i = 0; i < ROWS; ++i) wmma::mma_sync(acc.f[i][j], a[i], b, acc.f[i][j]);
       }
     }
   }
@@ -115,7 +119,8 @@ struct FusedWmma {
         __syncwarp();
         for (int e = lane; e < 256; e += 32) {  // (row e % 16, column e / 16)
           const float value = staging[warp * 256 + e];
-          write(warp * 32 + 16 * i + e % 16, 16 * j + e / 16, value);
+          write(warp % WARPS_M * 32 + 16 * i + e % 16,
+                warp / WARPS_M * COLS * 16 + 16 * j + e / 16, value);
         }
         __syncwarp();  // read before the next fragment overwrites it
       }
@@ -125,17 +130,17 @@ struct FusedWmma {
 
 // SIMT: thread t computes TM x TN outputs, pixels t % ROWS + i * ROWS and channels
 // t / ROWS + j * COLS, with exact multiply-adds in the accumulation type.
-template <typename T, int BLOCK_M, int BLOCK_N, int BLOCK_K>
+template <typename T, int BLOCK_M, int BLOCK_N, int BLOCK_K, int THREADS>
 struct FusedSimt {
   typedef typename accumulate<T>::type A;
   static constexpr int TN = 8;
-  static constexpr int TM = BLOCK_N / TN;
+  static constexpr int TM = BLOCK_M * BLOCK_N / (THREADS * TN);
   static constexpr int ROWS = BLOCK_M / TM;  // threads along the pixels
   static constexpr int COLS = BLOCK_N / TN;  // threads along the channels
   static constexpr int LDA = BLOCK_M;
   static constexpr int LDB = BLOCK_K + 1;    // an odd row length spreads B's reads over banks
-  static_assert(BLOCK_N % TN == 0 && BLOCK_M % TM == 0 && ROWS * COLS == BLOCK_M,
-                "the SIMT micro-tiles cover the tile with BLOCK_M threads");
+  static_assert(BLOCK_N % TN == 0 && BLOCK_M % TM == 0 && ROWS * COLS == THREADS,
+                "the SIMT micro-tiles cover the tile with THREADS threads");
 
   struct Accumulators {
     A v[TM][TN];
@@ -185,13 +190,18 @@ struct FusedSimt {
       I stride_h, I stride_w, I dilation_h, I dilation_w, I out_h, I out_w,             \
       I offset_groups, I out_channels, I groups
 
-template <typename T, typename I, int BLOCK_M, int BLOCK_N, int BLOCK_K, bool TENSOR_CORES>
-__global__ void __launch_bounds__(BLOCK_M)
-    deform_conv_fused(const T* input, const T* offset, const T* mask, const T* weight,
-                      const T* bias, T* output, CUDEFORM_FUSED_SHAPE_PARAMS) {
+// No __launch_bounds__: with it, ptxas aims at more resident blocks and spills some
+// TF32 instantiations; without, each fits (tests/test_kernels_resources.py checks that
+// none spills), and at most 255 registers x 256 threads fit any SM.
+template <typename T, typename I, int BLOCK_M, int BLOCK_N, int BLOCK_K, int THREADS,
+          bool TENSOR_CORES>
+__global__ void deform_conv_fused(const T* input, const T* offset, const T* mask, const T* weight,
+                                  const T* bias, T* output, CUDEFORM_FUSED_SHAPE_PARAMS) {
   typedef typename accumulate<T>::type A;
-  typedef typename select_type<TENSOR_CORES, FusedWmma<T, BLOCK_M, BLOCK_N, BLOCK_K>,
-                               FusedSimt<T, BLOCK_M, BLOCK_N, BLOCK_K>>::type Math;
+  typedef typename select_type<TENSOR_CORES, FusedWmma<T, BLOCK_M, BLOCK_N, BLOCK_K, THREADS>,
+                               FusedSimt<T, BLOCK_M, BLOCK_N, BLOCK_K, THREADS>>::type Math;
+  static_assert(THREADS % BLOCK_M == 0, "every pixel of the tile has the same gatherers");
+  constexpr int GATHERERS = THREADS / BLOCK_M;  // threads per pixel
   // slice_channels is the im2col kernels' and unused here.
   const ConvShape<I> s = {batch,    channels,   height,   width,      kernel_h,
                           kernel_w, pad_h,      pad_w,    stride_h,   stride_w,
@@ -201,6 +211,8 @@ __global__ void __launch_bounds__(BLOCK_M)
   CUDEFORM_SHARED(T, b_tile, BLOCK_N * Math::LDB);
 
   const int t = threadIdx.x;
+  const int row = t % BLOCK_M;     // this thread's pixel in the tile
+  const int first_k = t / BLOCK_M;  // and the first of its channels in a chunk
   const I plane = s.out_plane();
   const I taps = s.taps();
   const I pixels = batch * plane;
@@ -214,7 +226,7 @@ __global__ void __launch_bounds__(BLOCK_M)
   const I offset_group_channels = s.group_channels();
 
   // This thread's pixel.
-  const I q = first_pixel + t;
+  const I q = first_pixel + row;
   const bool active = q < pixels;
   const I n = active ? q / plane : 0;
   const I p = active ? q - n * plane : 0;
@@ -238,15 +250,15 @@ __global__ void __launch_bounds__(BLOCK_M)
       }
       for (I chunk = segment; chunk < segment_end; chunk += BLOCK_K) {
         __syncthreads();  // every thread is done with the previous chunk's tiles
-        for (int kk = 0; kk < BLOCK_K; ++kk) {
+        for (int kk = first_k; kk < BLOCK_K; kk += GATHERERS) {
           const I c = chunk + kk;
           T value = zero;
           if (active && c < segment_end) {
             value = from_acc<T>(bilinear_value(input + s.input_plane(n, c), corners) * m);
           }
-          a_tile[kk * Math::LDA + t] = value;
+          a_tile[kk * Math::LDA + row] = value;
         }
-        for (int e = t; e < BLOCK_N * BLOCK_K; e += BLOCK_M) {
+        for (int e = t; e < BLOCK_N * BLOCK_K; e += THREADS) {
           const int j = e / BLOCK_K;
           const int kk = e - j * BLOCK_K;
           const I co = first_out + j;
@@ -264,8 +276,8 @@ __global__ void __launch_bounds__(BLOCK_M)
     }
   }
 
-  Math::store(acc, [&](int row, int col, A value) {
-    const I pixel = first_pixel + row;
+  Math::store(acc, [&](int tile_row, int col, A value) {
+    const I pixel = first_pixel + tile_row;
     const I co = first_out + col;
     if (pixel >= pixels || co >= group_out) return;
     const I image = pixel / plane;

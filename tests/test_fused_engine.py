@@ -20,6 +20,7 @@ from cudeform._gpu import deform_conv as gpu
 from cudeform._gpu import forward_engine, fused_tiles
 from cudeform._gpu.forward_engine import VARIABLE, Device, Engine, environment_mode
 from cudeform._gpu.fused_forward import why_not
+from cudeform._gpu.signatures import DEFORM_CONV_FUSED
 from cudeform._shapes import deform_conv2d_geometry
 from tests.helpers import conv_case, split_case
 from tests.host.block_loader import block_launch
@@ -40,6 +41,12 @@ class FakeTimer:
         name = run()
         self.timed.append(name)
         return self.ms[name]
+
+
+def built(dtype_name, math):
+    """Candidate names of the tiles built for ``dtype_name`` with ``math``."""
+    return [f"fused {t.name} ({math})" for t in TILES
+            if fused_tiles.why_not_built(t, math, dtype_name) is None]
 
 
 def choose(engine, g=GEOMETRY, dtype_name="float32"):
@@ -83,7 +90,8 @@ def test_fused_engine_follows_the_variable_at_each_call(monkeypatch):
 
 def test_fused_auto_times_every_candidate_once_per_key_and_keeps_the_fastest(caplog):
     names = [f"fused {t.name} (simt)" for t in TILES] + ["im2col"]
-    timer = FakeTimer(dict(zip(names, (3.0, 1.5, 2.0, 1.8))))
+    timer = FakeTimer({name: 3.0 + index for index, name in enumerate(names)})
+    timer.ms[names[1]] = 1.5
     engine = Engine(Device("test", time=timer), mode="auto")
     with caplog.at_level(logging.DEBUG, logger=forward_engine.__name__):
         assert choose(engine) == names[1]
@@ -96,7 +104,8 @@ def test_fused_auto_times_every_candidate_once_per_key_and_keeps_the_fastest(cap
 
     timer.timed.clear()
     assert choose(engine, dtype_name="float64") == names[1]  # a new key: timed again
-    assert timer.timed == names[1:]  # 128x64x32 has no float64 instantiation
+    # Only the tiles built for float64 (128x64x32 is not) and im2col.
+    assert timer.timed == built("float64", "simt") + ["im2col"]
 
 
 def test_fused_auto_keys_on_the_geometry_and_the_tf32_mode():
@@ -108,15 +117,19 @@ def test_fused_auto_keys_on_the_geometry_and_the_tf32_mode():
         for g in (GEOMETRY, dataclasses.replace(GEOMETRY, batch=3)):
             assert choose(Engine(Device("test", time=timer), mode="auto", cache=cache,
                                  allow_tf32=allow_tf32), g) == "im2col"
-    assert len(cache) == 4 and len(timer.timed) == 4 * 4
-    assert sum(name.endswith("(tensor)") for name in timer.timed) == 2 * 3
+    tensor, simt = built("float32", "tensor"), built("float32", "simt")
+    assert len(cache) == 4
+    assert len(timer.timed) == 2 * (len(simt) + 1) + 2 * (len(tensor) + 1)
+    assert sum(name.endswith("(tensor)") for name in timer.timed) == 2 * len(tensor)
 
 
 def test_fused_mode_times_only_the_fused_tiles():
-    timer = FakeTimer({f"fused {t.name} (tensor)": ms for t, ms in zip(TILES, (2.0, 3.0, 1.0))})
+    names = built("float16", "tensor")
+    timer = FakeTimer({name: 2.0 + index for index, name in enumerate(names)})
+    timer.ms[names[2]] = 1.0
     engine = Engine(Device("test", time=timer), mode="fused")
-    assert choose(engine, dtype_name="float16") == f"fused {TILES[2].name} (tensor)"
-    assert "im2col" not in timer.timed
+    assert choose(engine, dtype_name="float16") == names[2]
+    assert timer.timed == names
 
 
 # --- skipped candidates and their reasons ---------------------------------------------------
@@ -209,10 +222,12 @@ def test_fused_auto_end_to_end_on_the_host(fastest):
         assert output.shape == g.output_shape
         return 1.0 if ran[before:] == [fastest] else 2.0
 
+    names = {kernel: f"fused {tile.name} ({math})"
+             for (tile, math), kernel in DEFORM_CONV_FUSED.items()}
+
     def recording(kernel, dtype_name, bits, count, **args):
-        name = f"fused {kernel.variant.split('_')[1]} (simt)" if kernel.threads else "im2col"
         if kernel.threads or kernel.name == "deform_im2col":
-            ran.append(name)
+            ran.append(names.get(kernel, "im2col"))
         return host_launch_any(kernel, dtype_name, bits, count, **args)
 
     engine = Engine(Device("host", time=timer), mode="auto")

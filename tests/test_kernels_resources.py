@@ -104,7 +104,7 @@ def test_fused_kernels_fit_without_spills(arch):
             problems.append(f"{expression}: no resource report in the log:\n{found}")
             continue
         expected_smem = fused_tiles.shared_bytes(*tiles[kernel], dtype)
-        rows.append(f"  {kernel.variant:18s} {dtype:9s} int{bits}: "
+        rows.append(f"  {kernel.variant:22s} {dtype:9s} int{bits}: "
                     f"{found['registers']:3d} registers, {found['smem']:6d} bytes smem, "
                     f"{found['stack']} stack, {found['spill_stores']}/"
                     f"{found['spill_loads']} spill stores/loads")

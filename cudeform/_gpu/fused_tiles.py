@@ -25,31 +25,42 @@ _FRAGMENT = 16 * 16  # floats in one accumulator fragment
 @dataclasses.dataclass(frozen=True)
 class Tile:
     """``block_m`` output pixels by ``block_n`` output channels per block, the reduction in
-    steps of ``block_k`` (input channel, tap) pairs; a block has ``block_m`` threads."""
+    steps of ``block_k`` (input channel, tap) pairs; a block has ``threads`` threads, a
+    multiple of ``block_m`` (default: ``block_m``)."""
 
     block_m: int
     block_n: int
     block_k: int
+    threads: int = 0
+
+    def __post_init__(self):
+        if not self.threads:
+            object.__setattr__(self, "threads", self.block_m)
 
     @property
     def name(self):
-        return f"{self.block_m}x{self.block_n}x{self.block_k}"
+        """E.g. ``128x64x32``, with ``/256`` when the block has other than block_m threads."""
+        base = f"{self.block_m}x{self.block_n}x{self.block_k}"
+        return base if self.threads == self.block_m else f"{base}/{self.threads}"
 
 
 # The configurations compiled; the first is the one a forced fused forward tries first.
-TILES = (Tile(128, 64, 32), Tile(64, 64, 32), Tile(128, 32, 32))
+# The wide ones sample each pixel once for more output channels (C_out / block_n times
+# in all), at the cost of more threads a block.
+TILES = (Tile(128, 64, 32), Tile(64, 64, 32), Tile(128, 32, 32), Tile(128, 128, 32, 256),
+         Tile(64, 256, 32, 256))
 
 
 def shared_bytes(tile, math, dtype_name):
     """Bytes of static shared memory of the instantiation: the sampled tile A
     (block_k x block_m) and the weight tile B (block_n x block_k) in the storage type,
     their rows padded as the kernel pads them, and for WMMA one 16x16 float staging
-    fragment per warp."""
+    fragment per warp (threads / 32 warps)."""
     size = ITEMSIZES[dtype_name]
     m, n, k = tile.block_m, tile.block_n, tile.block_k
     if math == "tensor":
         pad = 16 // size  # rows of a multiple of 16 bytes, as load_matrix_sync needs
-        return (k * (m + pad) + n * (k + pad)) * size + m // _WARP * _FRAGMENT * 4
+        return (k * (m + pad) + n * (k + pad)) * size + tile.threads // _WARP * _FRAGMENT * 4
     return (k * m + n * (k + 1)) * size  # B's odd row length spreads its reads over banks
 
 

@@ -186,7 +186,7 @@ FIXED_POINT_KERNELS = (MAX_ABS_EXPONENT, FIXED_POINT_TO_FLOAT)
 
 # --- the fused forward of deform_conv2d (kernels/deform_conv_fused.cu) ------------------
 # One instantiation per tile configuration and multiply (cudeform/_gpu/fused_tiles.py),
-# for the dtypes whose tiles fit; a block has block_m threads.
+# for the dtypes whose tiles fit; a block has tile.threads threads.
 FUSED_SHAPE = tuple((name, SIZE) for name in (
     "batch", "channels", "height", "width", "kernel_h", "kernel_w", "pad_h", "pad_w",
     "stride_h", "stride_w", "dilation_h", "dilation_w", "out_h", "out_w", "offset_groups",
@@ -201,9 +201,9 @@ def _fused(tile, math):
          ("output", OUT)) + FUSED_SHAPE,
         frozenset({"mask", "bias"}),
         template_args=(str(tile.block_m), str(tile.block_n), str(tile.block_k),
-                       "true" if math == "tensor" else "false"),
-        variant=f"{math}_{tile.name}", dtypes=fused_tiles.built_dtypes(tile, math),
-        threads=tile.block_m,
+                       str(tile.threads), "true" if math == "tensor" else "false"),
+        variant=f"{math}_{tile.name.replace('/', '_')}",
+        dtypes=fused_tiles.built_dtypes(tile, math), threads=tile.threads,
     )
 
 
