@@ -113,6 +113,21 @@ def contiguous(xp, array):
     return None if array is None else xp.ascontiguousarray(array)
 
 
+def device_of(xp, arrays):
+    """A context manager that makes the GPU of ``arrays`` (CuPy arrays of one device,
+    a dict ``{name: array or None}``) current; a no-op for NumPy arrays."""
+    if xp is numpy:
+        return contextlib.nullcontext()
+    return next(a for a in arrays.values() if a is not None).device
+
+
+def contiguous_arrays(xp, arrays):
+    """``arrays`` with every array C-contiguous; the copies are made on the arrays' GPU,
+    whatever device is current."""
+    with device_of(xp, arrays):
+        return {name: contiguous(xp, a) for name, a in arrays.items()}
+
+
 def prepare(arrays):
     """Dispatch and dtype checks for one op call.
 
@@ -120,11 +135,11 @@ def prepare(arrays):
         arrays: dict ``{name: array or None}``; the first entry names the dtype reference.
 
     Returns:
-        ``(xp, dtype, arrays)`` with every array C-contiguous.
+        ``(xp, dtype, arrays)`` with every array C-contiguous, on the arrays' device.
     """
     xp = array_module(arrays)
     dtype = common_dtype(arrays, xp)
-    return xp, dtype, {name: contiguous(xp, a) for name, a in arrays.items()}
+    return xp, dtype, contiguous_arrays(xp, arrays)
 
 
 def call(xp, dtype, cpu_function, gpu_function, args):
@@ -150,9 +165,12 @@ def on_gpu(array, dtype):
     import cupy
 
     from cudeform import _modes
-    from cudeform._gpu.gemm import default_gemm
+    from cudeform._gpu.gemm import default_gemm, reproducible_workspace
     from cudeform._gpu.launch import cuda_launch
 
+    deterministic = _modes.is_deterministic()
+    if deterministic:
+        reproducible_workspace()  # before CuPy's cuBLAS handle of this thread exists
     with array.device:  # allocate and launch on the arrays' GPU
         yield dict(dtype_name=element_type(dtype, cupy), xp=cupy, launch=cuda_launch,
-                   gemm=default_gemm(cupy), deterministic=_modes.is_deterministic())
+                   gemm=default_gemm(cupy), deterministic=deterministic)

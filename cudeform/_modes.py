@@ -45,9 +45,16 @@ def set_deterministic(enabled: Optional[bool]) -> None:
 
     Deterministic scatters accumulate in 64-bit fixed point (see the README's
     "TF32 and deterministic mode"). The NumPy path is deterministic in either mode.
+    Deterministic mode sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when it is unset, so
+    that cuBLAS stays reproducible with several streams (cuBLAS reads it when CuPy
+    creates its handle: set it before the first GPU call to be sure).
     """
     global _deterministic
     _deterministic = _flag(enabled, "enabled")
+    if _deterministic:
+        from cudeform._gpu.gemm import reproducible_workspace
+
+        reproducible_workspace()
 
 
 def is_deterministic() -> bool:

@@ -1,4 +1,4 @@
-"""The workspace limit that bounds the column buffer, and batch chunking under it."""
+"""The workspace limit that bounds the buffers of a call, and batch chunking under it."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def workspace_limit() -> int:
 
     It is the value given to :func:`set_workspace_limit`, else the environment
     variable ``CUDEFORM_WORKSPACE_LIMIT`` (bytes), else 256 MiB (268435456).
-    On the GPU it bounds the column buffer of deformable convolution; on the
-    CPU, the per-chunk buffers of the NumPy path.
+    On the GPU it bounds every buffer that an op allocates besides its outputs and
+    gradients (see the GPU host logic's ``workspace_per_image``); on the CPU, the
+    per-chunk buffers of the NumPy path.
     """
     if _limit is not None:
         return _limit
@@ -65,8 +66,15 @@ def set_workspace_limit(nbytes: Optional[int]) -> None:
     _limit = _positive(int(nbytes), "nbytes", nbytes)
 
 
-def batch_chunks(batch: int, bytes_per_image: int) -> Iterator[Tuple[int, int]]:
-    """Yield ``(start, stop)`` ranges covering ``range(batch)`` under the limit."""
-    per_chunk = max(1, workspace_limit() // max(1, bytes_per_image))
+def batch_chunks(batch: int, bytes_per_image: int,
+                 reserved: int = 0) -> Iterator[Tuple[int, int]]:
+    """Yield ``(start, stop)`` ranges covering ``range(batch)`` so that ``reserved``
+    bytes (held for the whole call) plus ``bytes_per_image`` per image of a range stay
+    under the limit; a range holds at least one image (all of them when an image needs
+    no workspace)."""
+    if bytes_per_image <= 0:
+        per_chunk = max(1, batch)
+    else:
+        per_chunk = max(1, (workspace_limit() - reserved) // bytes_per_image)
     for start in range(0, batch, per_chunk):
         yield start, min(batch, start + per_chunk)

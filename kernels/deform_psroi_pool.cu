@@ -205,10 +205,12 @@ __global__ void deform_psroi_pool_forward(const T* input, const T* rois, const T
 // corner weights of each sample (float atomics or fixed point, see fixed_point.cuh).
 // The weights of one output add up to at most 1, so an input element gets at most
 // max|grad_output| from each output that reads its channel, of which there are at
-// most rois * pooled_size^2: the host's fixed-point count bound.
+// most rois * pooled_size^2: the host's fixed-point count bound. Only the RoIs of
+// images [first_image, first_image + images) scatter, into sums that hold those images.
 template <typename T, typename I>
 __global__ void deform_psroi_pool_backward_input(const T* grad_output, const T* rois,
                                                  const T* offset, CUDEFORM_SCATTER_PARAMS,
+                                                 I first_image, I images,
                                                  CUDEFORM_PSROI_SHAPE_PARAMS,
                                                  typename accumulate<T>::type spatial_scale,
                                                  typename accumulate<T>::type trans_std) {
@@ -222,13 +224,15 @@ __global__ void deform_psroi_pool_backward_input(const T* grad_output, const T* 
     s.output_position(index, r, ctop, ph, pw);
     PSRoIBox<A, I> box;
     if (!psroi_box(s, rois, r, spatial_scale, box)) continue;
+    if (box.batch < first_image || box.batch - first_image >= images) continue;
     A hstart, wstart;
     bin_start(s, box, offset, trans_std, r, ctop / s.channels_each_class(), ph, pw, hstart,
               wstart);
     const I samples = sample_count(s, box, hstart, wstart);
     if (samples == 0) continue;
     const A grad = load(grad_output + index) / A(samples);
-    const I plane = (box.batch * s.channels + input_channel(s, ctop, ph, pw)) * s.plane();
+    const I plane =
+        ((box.batch - first_image) * s.channels + input_channel(s, ctop, ph, pw)) * s.plane();
     for (I ih = 0; ih < s.sample_per_part; ++ih) {
       for (I iw = 0; iw < s.sample_per_part; ++iw) {
         A h, w;

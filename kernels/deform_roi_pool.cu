@@ -158,10 +158,12 @@ __global__ void deform_roi_pool_forward(const T* input, const T* rois, const T* 
 // weights of one output's samples add up to at most 1 (it visits at most `count`
 // samples, each of total weight 1, and divides by count), so an input element gets at
 // most max|grad_output| from each of the rois * bins outputs of its channel: the
-// host's fixed-point count bound.
+// host's fixed-point count bound. Only the RoIs of images [first_image, first_image +
+// images) scatter, into sums that hold those images only.
 template <typename T, typename I>
 __global__ void deform_roi_pool_backward_input(const T* grad_output, const T* rois,
                                                const T* offset, CUDEFORM_SCATTER_PARAMS,
+                                               I first_image, I images,
                                                CUDEFORM_ROI_POOL_PARAMS) {
   typedef typename accumulate<T>::type A;
   CUDEFORM_ROI_POOL_SHAPE;
@@ -172,8 +174,9 @@ __global__ void deform_roi_pool_backward_input(const T* grad_output, const T* ro
     s.output_position(index, r, c, i, j);
     RoIBin<A, I> bin;
     if (!roi_bin(s, rois, offset, r, i, j, spatial_scale, gamma, bin)) continue;
+    if (bin.image < first_image || bin.image - first_image >= images) continue;
     const A grad = load(grad_output + index) / bin.count;
-    const I plane = (bin.image * s.channels + c) * s.height * s.width;
+    const I plane = ((bin.image - first_image) * s.channels + c) * s.height * s.width;
     for (I ky = 0; ky < bin.n_y; ++ky) {
       const A y = bin.y(ky);
       for (I kx = 0; kx < bin.n_x; ++kx) {

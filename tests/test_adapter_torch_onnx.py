@@ -13,6 +13,7 @@ import numpy
 import pytest
 
 torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")  # torch.onnx.export writes the model with it
 pytest.importorskip("onnxscript")
 onnxruntime = pytest.importorskip("onnxruntime")
 

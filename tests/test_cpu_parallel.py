@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy
 import pytest
-import threadpoolctl
 
 import cudeform
 from cudeform._cpu import parallel
@@ -14,6 +13,7 @@ from tests.roi_pool_cases import roi_pool_case
 
 
 def blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
     return [info["num_threads"] for info in threadpoolctl.threadpool_info()
             if info["user_api"] == "blas"]
 
@@ -23,7 +23,7 @@ def test_split_covers_the_range_with_blas_on_one_thread(workers, monkeypatch):
     if not blas_threads():
         pytest.skip("threadpoolctl sees no BLAS")
     monkeypatch.setenv("CUDEFORM_NUM_THREADS", workers)
-    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+    with pytest.importorskip("threadpoolctl").threadpool_limits(2, user_api="blas"):
         seen = parallel.split(10, lambda part: (part, blas_threads()))
         assert blas_threads() == [2] * len(blas_threads())  # restored afterwards
     parts = [part for part, _ in seen]

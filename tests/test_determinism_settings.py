@@ -9,6 +9,7 @@ there is tested in test_determinism_host.py (host runs) and the GPU test files.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 
 import cudeform
 from cudeform import _arrays, _modes
+from cudeform._gpu import gemm
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +27,10 @@ def restore_modes(monkeypatch):
     monkeypatch.setattr(_modes, "_deterministic", None)
     monkeypatch.setattr(_modes, "_allow_tf32", False)
     monkeypatch.delenv(_modes.DETERMINISTIC_VARIABLE, raising=False)
+    # setenv first, so that a value the test makes is removed afterwards
+    monkeypatch.setenv(gemm.CUBLAS_WORKSPACE_VARIABLE, "")
+    monkeypatch.delenv(gemm.CUBLAS_WORKSPACE_VARIABLE)
+    monkeypatch.setattr(gemm, "_warned_configs", set())
 
 
 def test_defaults_are_float_atomics_and_exact_fp32():
@@ -134,3 +140,22 @@ def test_on_gpu_hands_the_modes_to_the_host_logic(deterministic, tf32):
     assert set(engine) == {"dtype_name", "xp", "launch", "gemm", "deterministic"}
     assert engine["xp"] is cupy and engine["deterministic"] is deterministic
     assert engine["gemm"].func is cublas_gemm and engine["gemm"].keywords == {"allow_tf32": tf32}
+
+
+def test_deterministic_mode_makes_cublas_reproducible_with_several_streams():
+    cudeform.set_deterministic(False)
+    assert gemm.CUBLAS_WORKSPACE_VARIABLE not in os.environ
+    cudeform.set_deterministic(True)
+    assert os.environ[gemm.CUBLAS_WORKSPACE_VARIABLE] == ":4096:8"
+
+
+def test_a_cublas_workspace_setting_of_the_user_is_kept(monkeypatch, recwarn):
+    monkeypatch.setenv(gemm.CUBLAS_WORKSPACE_VARIABLE, ":16:8")
+    cudeform.set_deterministic(True)
+    assert os.environ[gemm.CUBLAS_WORKSPACE_VARIABLE] == ":16:8" and not recwarn.list
+    monkeypatch.setenv(gemm.CUBLAS_WORKSPACE_VARIABLE, ":0:0")
+    with pytest.warns(RuntimeWarning, match=r"CUBLAS_WORKSPACE_CONFIG=':0:0': cuBLAS "
+                                            r"documents .* only for :4096:8 or :16:8"):
+        cudeform.set_deterministic(True)
+    assert gemm.reproducible_workspace() == ":0:0"  # kept, and warned only once
+    assert os.environ[gemm.CUBLAS_WORKSPACE_VARIABLE] == ":0:0"

@@ -72,12 +72,16 @@ def test_small_workspace_limit_chunks_the_batch(monkeypatch, dtype, images_per_c
         conv_case(rng, dtype=dtype, batch=5, groups=2, offset_groups=2, size=(6, 5)))
     g = CONV.geometry(arrays, options)
     itemsize = numpy.dtype(dtype).itemsize
-    column_bytes = g.in_channels * g.taps * g.out_h * g.out_w * itemsize
-    # The forward's workspace is its columns; the backward adds its partial sums.
-    assert gpu.workspace_per_image(g, itemsize, backward=False) == column_bytes
-    backward_bytes = gpu.workspace_per_image(g, itemsize, backward=True,
+    name = numpy.dtype(dtype).name
+    pixels = g.out_h * g.out_w
+    # The forward's workspace is its columns and the GEMM's result; the backward adds
+    # the ones of the bias gradient, its partial sums and (deterministic) fixed point.
+    forward_bytes = (g.in_channels * g.taps + g.out_channels) * pixels * itemsize
+    assert gpu.workspace_per_image(g, name, itemsize, backward=False) == forward_bytes
+    backward_bytes = gpu.workspace_per_image(g, name, itemsize, backward=True,
                                              deterministic=deterministic)
-    assert backward_bytes > column_bytes
+    assert backward_bytes > forward_bytes + pixels * itemsize
+    assert gpu.workspace_per_call(g, name, itemsize, backward=True) == 0
     monkeypatch.setattr(_workspace, "_limit", None)  # restored after the test
     cudeform.set_workspace_limit(images_per_chunk * backward_bytes)
 
@@ -85,7 +89,7 @@ def test_small_workspace_limit_chunks_the_batch(monkeypatch, dtype, images_per_c
     CONV.assert_matches_numpy(arrays, options, CONV.grad_output(rng, arrays, options),
                               launch=recording_launch(calls), deterministic=deterministic)
     im2col_counts = [count for kernel, _, count in calls if kernel is DEFORM_IM2COL]
-    forward_chunks = -(-g.batch // (images_per_chunk * backward_bytes // column_bytes))
+    forward_chunks = -(-g.batch // (images_per_chunk * backward_bytes // forward_bytes))
     backward_chunks = -(-g.batch // images_per_chunk)
     assert len(im2col_counts) == forward_chunks + backward_chunks
     # Every image's columns are built once in each pass: with 2 channels per offset

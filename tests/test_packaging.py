@@ -17,7 +17,7 @@ KERNEL_FILES = sorted(p.name for p in (ROOT / "kernels").iterdir() if p.suffix i
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    pytest.importorskip("build")
+    pytest.importorskip("build.__main__")  # the build tool, not a stray build/ folder
     result = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out),
          str(ROOT)], capture_output=True, text=True)

@@ -3,7 +3,9 @@
 CPU tensors become NumPy arrays (``numpy.from_dlpack``) and the core's NumPy outputs
 come back through ``torch.from_numpy``; CUDA tensors become CuPy arrays on the
 tensor's GPU, and the kernels run on torch's current CUDA stream, so no
-synchronisation is needed. float32 and float64 travel without copies.
+synchronisation is needed. float32 and float64 travel without copies. On CUDA every
+CuPy allocation of the call comes from torch's caching allocator (``_allocator.py``),
+and the outputs come back as the torch tensors that own their memory.
 
 Two dtypes need a detour:
 
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from cudeform import _arrays, _modes
+from cudeform.adapters.torch._allocator import owning_tensor, torch_allocations
 from cudeform.adapters.torch._checks import check_tensors
 
 __all__ = ["run_core"]
@@ -71,7 +74,9 @@ def to_tensor(array, dtype: torch.dtype) -> Optional[Tensor]:
     if isinstance(array, numpy.ndarray):
         tensor = torch.from_numpy(array)
     else:
-        tensor = torch.from_dlpack(array)
+        tensor = owning_tensor(array)
+        if tensor is None:
+            tensor = torch.from_dlpack(array)
         if dtype == torch.bfloat16 and tensor.dtype == torch.int16:
             tensor = tensor.view(torch.bfloat16)
     return tensor.to(dtype).contiguous()
@@ -100,13 +105,15 @@ def _torch_modes():
 
 @contextlib.contextmanager
 def _on_device(device: torch.device, dtype: torch.dtype):
-    """The GPU, stream and bfloat16 context of a call on ``device``; nothing on the CPU."""
+    """The GPU, stream, allocator and bfloat16 context of a call on ``device``; nothing
+    on the CPU. CuPy allocates from torch's caching allocator there (one memory pool)."""
     if device.type != "cuda":
         yield
         return
     import cupy
 
     with cupy.cuda.Device(device.index), _cuda_stream(device.index), \
+            torch_allocations(device.index), \
             (_arrays.bfloat16_views() if dtype == torch.bfloat16 else contextlib.nullcontext()):
         yield
 

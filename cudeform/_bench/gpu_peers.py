@@ -1,6 +1,8 @@
-"""The GPU run: torchvision's ``deform_conv2d`` and cuDNN's ``conv2d`` (the floor)
-against cudeform's PyTorch adapter on the same CUDA tensors, and Chainer's
-sampler against cudeform's core API on the same CuPy arrays.
+"""The GPU run: torchvision's ``deform_conv2d``, deformops' fused Triton deformable
+convolution, onnxruntime's CUDA ``DeformConv`` (forward) and cuDNN's ``conv2d`` (the
+floor) against cudeform's PyTorch adapter on the same CUDA tensors, and Chainer's
+sampler against cudeform's core API on the same CuPy arrays. A peer that is not
+installed (or, for onnxruntime, has no CUDA provider) is reported as skipped.
 
 Every timed call sits between two device-wide synchronisations
 (``cudaDeviceSynchronize``), which wait for CuPy's and torch's streams alike.
@@ -17,9 +19,10 @@ import cudeform
 from cudeform._bench import determinism_peer, fused_peer
 from cudeform._bench.imports import Missing, optional
 
-MEMORY_NOTE = ("cudeform against torch peers: the peak of CuPy's pool (its outputs and "
-               "workspaces) plus the peak of torch's allocator (the gradient of ones, autograd), "
-               "an upper bound; against Chainer: CuPy's pool on both sides.")
+MEMORY_NOTE = ("cudeform against torch peers: the peak of torch's allocator, which serves "
+               "cudeform's workspaces and outputs through the adapter as well as the gradient "
+               "of ones and autograd, plus the peak of CuPy's pool (expected to stay 0); "
+               "against Chainer: CuPy's pool on both sides.")
 QUICK_DTYPES = ("float32",)
 FULL_DTYPES = ("float32", "float16", "bfloat16")
 CUDEFORM_API = ("cudeform's PyTorch adapter (cudeform.adapters.torch.deform_conv2d) against "
@@ -62,6 +65,20 @@ def _torchvision():
     return TorchvisionPeer("cuda")
 
 
+def _deformops():
+    from cudeform._bench.torch_peers import DeformopsPeer
+
+    _torch_settings()
+    return DeformopsPeer("cuda")
+
+
+def _onnxruntime_cuda():
+    from cudeform._bench.onnxruntime_cuda_peer import OnnxRuntimeCudaPeer
+
+    _torch_settings()
+    return OnnxRuntimeCudaPeer()
+
+
 def _chainer():
     from cudeform._bench.chainer_peer import ChainerPeer
 
@@ -83,6 +100,12 @@ def _conv_floor():
 def notes():
     """The settings that shape the GPU timings, in words."""
     parts = [f"cudeform workspace limit {cudeform.workspace_limit() / 2**20:.0f} MiB"]
+    deformops = sys.modules.get("deformops")
+    if deformops is not None:
+        parts.append(f"deformops {deformops.__version__}")
+    onnxruntime = sys.modules.get("onnxruntime")
+    if onnxruntime is not None:
+        parts.append(f"onnxruntime {onnxruntime.__version__}")
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
@@ -97,6 +120,8 @@ def notes():
 
 LOADERS = (
     ("torchvision deform_conv2d", _torchvision),
+    ("deformops deform_conv2d", _deformops),
+    ("onnxruntime DeformConv (CUDA)", _onnxruntime_cuda),
     ("chainer sampler", _chainer),
     ("cuDNN conv2d (floor)", _conv_floor),
     ("cudeform default backward", determinism_peer.load),

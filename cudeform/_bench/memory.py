@@ -8,9 +8,9 @@
 - ``"torch"``: torch's caching allocator, ``max_memory_allocated`` minus what was
   allocated before the call.
 - ``"cupy+torch"``: cudeform's PyTorch adapter on CUDA, whose outputs and
-  workspaces come from CuPy's pool while the gradient of ones and autograd's
-  buffers come from torch. The two peaks are added, an upper bound: they need
-  not happen at the same moment.
+  workspaces come from torch's allocator (as do the gradient of ones and autograd's
+  buffers); CuPy's pool is counted too, in case anything still lands there. The two
+  peaks are added, an upper bound: they need not happen at the same moment.
 """
 
 from __future__ import annotations

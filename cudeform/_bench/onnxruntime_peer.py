@@ -20,6 +20,24 @@ from cudeform._cpu.parallel import worker_count
 NAME = "onnxruntime DeformConv"
 
 
+def deform_conv_model(onnx, padding, dilation, offset_groups, mask, element_type="FLOAT",
+                      opset=19):
+    """A serialized ONNX model of one ``DeformConv`` node of the bench's 3x3 layers:
+    inputs X, W, offset (and mask), output Y, all of ``onnx.TensorProto.<element_type>``."""
+    helper, types = onnx.helper, onnx.TensorProto
+    inputs = ["X", "W", "offset", "", "mask"] if mask else ["X", "W", "offset"]
+    node = helper.make_node(
+        "DeformConv", inputs, ["Y"], kernel_shape=[KERNEL, KERNEL],
+        pads=[padding] * 4, dilations=[dilation] * 2, offset_group=offset_groups)
+    element = getattr(types, element_type)
+    graph = helper.make_graph(
+        [node], "deform_conv",
+        [helper.make_tensor_value_info(name, element, None) for name in inputs if name],
+        [helper.make_tensor_value_info("Y", element, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return model.SerializeToString()
+
+
 class OnnxRuntimePeer:
     name = NAME
 
@@ -29,21 +47,12 @@ class OnnxRuntimePeer:
 
     @functools.lru_cache(maxsize=16)
     def _session(self, padding, dilation, offset_groups, mask, threads):
-        helper, types = self._onnx.helper, self._onnx.TensorProto
-        inputs = ["X", "W", "offset", "", "mask"] if mask else ["X", "W", "offset"]
-        node = helper.make_node(
-            "DeformConv", inputs, ["Y"], kernel_shape=[KERNEL, KERNEL],
-            pads=[padding] * 4, dilations=[dilation] * 2, offset_group=offset_groups)
-        graph = helper.make_graph(
-            [node], "deform_conv",
-            [helper.make_tensor_value_info(name, types.FLOAT, None) for name in inputs if name],
-            [helper.make_tensor_value_info("Y", types.FLOAT, None)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
         options = self._onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return self._onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                                  providers=["CPUExecutionProvider"])
+        return self._onnxruntime.InferenceSession(
+            deform_conv_model(self._onnx, padding, dilation, offset_groups, mask), options,
+            providers=["CPUExecutionProvider"])
 
     def pairs(self, case, dtype, arrays):
         if dtype != "float32":

@@ -1,5 +1,6 @@
-"""The torch peers: ``torchvision.ops.deform_conv2d`` and the plain ``conv2d`` of
-the same shape (the floor a deformable layer can approach: cuDNN on the GPU).
+"""The torch peers: ``torchvision.ops.deform_conv2d``, deformops' drop-in for it, and
+the plain ``conv2d`` of the same shape (the floor a deformable layer can approach:
+cuDNN on the GPU).
 
 On the GPU cudeform runs through its PyTorch adapter on the same tensors; on
 the CPU the floor is timed against cudeform's core NumPy API. Forward passes
@@ -112,6 +113,18 @@ class TorchvisionPeer(_TorchPeer):
         return [Pair(label, shape, dtype, passes, self.name, cudeform_sides[passes],
                      peer_sides[passes], deform_names(passes, case.mask))
                 for passes in (FORWARD, FORWARD_BACKWARD)]
+
+
+class DeformopsPeer(TorchvisionPeer):
+    """deformops' drop-in ``torchvision.ops.deform_conv2d``
+    (``deformops.integrations.torchvision``): its backend registry picks the fused Triton
+    kernel on CUDA; the call includes its moves to and from its channels-last layout."""
+
+    name = "deformops deform_conv2d"
+
+    def __init__(self, device="cuda", deformops_ops=None):
+        super().__init__(device, torchvision_ops=deformops_ops if deformops_ops is not None
+                         else optional("deformops.integrations.torchvision"))
 
 
 class ConvFloorPeer(_TorchPeer):

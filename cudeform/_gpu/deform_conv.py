@@ -23,15 +23,13 @@ from cudeform._gpu import fused_forward
 from cudeform._gpu.forward_engine import default_engine
 from cudeform._gpu.gemm import default_gemm, describe_gemm
 from cudeform._gpu.launch import channels_per_run, index_bits
-from cudeform._gpu.scatter import scatter_sum
+from cudeform._gpu.scatter import scatter_bytes, scatter_sum
 from cudeform._gpu.signatures import (
     ACCUMULATE_DTYPES, DEFORM_COL2IM, DEFORM_COL2IM_BOUND, DEFORM_COL2IM_COORD,
     DEFORM_COL2IM_COORD_REDUCE, DEFORM_IM2COL,
 )
-from cudeform._gpu.storage import narrow
+from cudeform._gpu.storage import narrow, narrow_bytes
 from cudeform._workspace import batch_chunks
-
-_FIXED_POINT_BYTES = 12  # a uint64 sum and a uint32 flag word per input element
 
 
 class _Chunk:
@@ -60,23 +58,51 @@ def _partial_components(has_mask):
     return 3 if has_mask else 2  # dy, dx (and dm)
 
 
-def workspace_per_image(g, itemsize, *, backward, mask=True, deterministic=False):
-    """Bytes of workspace one image needs: its columns (``itemsize`` bytes each) and, in
-    the backward, its offset-gradient partial sums and fixed-point sums. An upper bound
-    for every chunk size (a larger chunk needs fewer slices)."""
+def _accumulate_itemsize(dtype_name):
+    return 8 if ACCUMULATE_DTYPES[dtype_name] == "float64" else 4
+
+
+def workspace_per_image(g, dtype_name, itemsize, *, backward, bias=True, mask=True,
+                        deterministic=False):
+    """Bytes of the buffers that one image adds to a batch chunk, ``itemsize`` bytes per
+    storage element. An upper bound for every chunk size (a larger chunk needs fewer
+    slices).
+
+    Forward: the columns and the GEMM's result (C_out x pixels). Backward: the columns
+    (reused for their gradient), the output gradient regrouped for the GEMMs, the ones
+    of the bias gradient, the offset-gradient partial sums, and the input-gradient
+    scatter's buffers (:func:`cudeform._gpu.scatter.scatter_bytes`). The outputs and
+    gradients themselves are not workspace.
+    """
     one = _Chunk(g, 0, 1)
     columns = g.in_channels * g.taps * one.plane * itemsize
+    regrouped = g.out_channels * one.plane * itemsize
     if not backward:
-        return columns
-    accumulate_itemsize = 8 if itemsize == 8 else 4
-    partials = _partial_components(mask) * one.runs * accumulate_itemsize
-    fixed = _FIXED_POINT_BYTES * g.in_channels * g.height * g.width if deterministic else 0
-    return columns + partials + fixed
+        return columns + regrouped
+    ones = one.plane * itemsize if bias else 0
+    partials = _partial_components(mask) * one.runs * _accumulate_itemsize(dtype_name)
+    scatter = scatter_bytes(dtype_name, itemsize, deterministic) * (
+        g.in_channels * g.height * g.width)
+    return columns + regrouped + ones + partials + scatter
 
 
-def _chunks(g, itemsize, **workspace):
-    return (_Chunk(g, start, stop) for start, stop in batch_chunks(
-        g.batch, workspace_per_image(g, itemsize, **workspace)))
+def workspace_per_call(g, dtype_name, itemsize, *, backward, bias=True):
+    """Bytes held across all chunks of a call besides its outputs: for 16-bit types, the
+    backward's float32 sums of the weight and bias gradients and their final narrowing
+    to the storage type; nothing otherwise."""
+    if not backward or ACCUMULATE_DTYPES[dtype_name] == dtype_name:
+        return 0
+    elements = g.out_channels * g.in_channels // g.groups * g.taps
+    elements += g.out_channels if bias else 0
+    return elements * (_accumulate_itemsize(dtype_name) + narrow_bytes(dtype_name, itemsize))
+
+
+def _chunks(g, dtype_name, itemsize, *, backward, **workspace):
+    per_call = workspace_per_call(g, dtype_name, itemsize, backward=backward,
+                                  bias=workspace.get("bias", True))
+    per_image = workspace_per_image(g, dtype_name, itemsize, backward=backward, **workspace)
+    return (_Chunk(g, start, stop)
+            for start, stop in batch_chunks(g.batch, per_image, reserved=per_call))
 
 
 def _im2col(chunk, g, input, offset, mask, *, dtype_name, xp, launch):
@@ -118,30 +144,37 @@ def im2col_forward(input, offset, weight, bias, mask, g, *, dtype_name, xp, laun
     Every step is a gather or a GEMM, so the result is deterministic in either mode.
     16-bit types (bfloat16 views included) multiply in float32 and are rounded once.
     """
-    gemm = gemm or default_gemm(xp)
+    engine = dict(dtype_name=dtype_name, xp=xp, launch=launch, gemm=gemm or default_gemm(xp))
     output = xp.empty(g.output_shape, dtype=input.dtype)
-    weight_g = _grouped_weight(g, weight)
-    out_per_group = g.out_channels // g.groups
-    for chunk in _chunks(g, input.dtype.itemsize, backward=False):
-        columns, _ = _im2col(chunk, g, input, offset, mask, dtype_name=dtype_name, xp=xp,
-                             launch=launch)
-        if chunk.n == 1:  # (C_out, P) is already the output's layout
-            result = output[chunk.start].reshape(g.groups, out_per_group, chunk.plane)
-        else:
-            result = xp.empty((g.groups, out_per_group, chunk.n * chunk.plane), input.dtype)
-        if bias is not None:
-            result[...] = bias.reshape(g.groups, out_per_group, 1)
-        gemm(describe_gemm(weight_g, columns, result, dtype_name=dtype_name,
-                           beta=0.0 if bias is None else 1.0))
-        if chunk.n > 1:
-            output[chunk.start:chunk.stop] = result.reshape(
-                g.out_channels, chunk.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
+    for chunk in _chunks(g, dtype_name, input.dtype.itemsize, backward=False):
+        _forward_chunk(chunk, g, input, offset, weight, bias, mask, output, **engine)
     return output
 
 
+def _forward_chunk(chunk, g, input, offset, weight, bias, mask, output, *, dtype_name, xp,
+                   launch, gemm):
+    """The chunk's images of ``output``; its buffers are freed on return."""
+    columns, _ = _im2col(chunk, g, input, offset, mask, dtype_name=dtype_name, xp=xp,
+                         launch=launch)
+    out_per_group = g.out_channels // g.groups
+    if chunk.n == 1:  # (C_out, P) is already the output's layout
+        result = output[chunk.start].reshape(g.groups, out_per_group, chunk.plane)
+    else:
+        result = xp.empty((g.groups, out_per_group, chunk.n * chunk.plane), input.dtype)
+    if bias is not None:
+        result[...] = bias.reshape(g.groups, out_per_group, 1)
+    gemm(describe_gemm(_grouped_weight(g, weight), columns, result, dtype_name=dtype_name,
+                       beta=0.0 if bias is None else 1.0))
+    if chunk.n > 1:
+        output[chunk.start:chunk.stop] = result.reshape(
+            g.out_channels, chunk.n, g.out_h, g.out_w).transpose(1, 0, 2, 3)
+
+
 def _ones(length, dtype, dtype_name, xp):
-    """``(1, length, 1)`` ones in the storage dtype (bfloat16 views as their bits)."""
-    return narrow(xp.ones((1, length, 1), dtype=xp.float32), dtype, dtype_name, xp)
+    """``(1, length, 1)`` ones in the storage dtype (bfloat16 views as their bits, 0x3F80)."""
+    if dtype_name == "bfloat16" and dtype.kind in "iu":
+        return xp.full((1, length, 1), 0x3F80, dtype=dtype)
+    return xp.ones((1, length, 1), dtype=dtype)
 
 
 def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, xp, launch,
@@ -153,41 +186,52 @@ def backward(grad_output, input, offset, weight, bias, mask, g, *, dtype_name, x
     atomics by default, 64-bit fixed point when ``deterministic`` (then every gradient
     is bit-identical from run to run).
     """
-    gemm = gemm or default_gemm(xp)
+    engine = dict(dtype_name=dtype_name, xp=xp, launch=launch, gemm=gemm or default_gemm(xp))
     dtype = input.dtype
     accumulate = xp.dtype(ACCUMULATE_DTYPES[dtype_name])
-    grad_input = xp.empty(input.shape, dtype=dtype)
-    grad_offset = xp.empty(offset.shape, dtype=dtype)
-    grad_mask = None if mask is None else xp.empty(mask.shape, dtype=dtype)
-    weight_g = _grouped_weight(g, weight)
-    grad_weight = xp.zeros(weight_g.shape, dtype=accumulate)
-    out_per_group = g.out_channels // g.groups
-    grad_bias = None if bias is None else xp.zeros((g.groups, out_per_group, 1), accumulate)
-    chunks = _chunks(g, dtype.itemsize, backward=True, mask=mask is not None,
-                     deterministic=deterministic)
-    for chunk in chunks:
-        columns, bits = _im2col(chunk, g, input, offset, mask, dtype_name=dtype_name, xp=xp,
-                                launch=launch)
-        grad_out_g = grad_output[chunk.start:chunk.stop].reshape(
-            chunk.n, g.groups, out_per_group, chunk.plane)
-        grad_out_g = xp.ascontiguousarray(grad_out_g.transpose(1, 2, 0, 3)).reshape(
-            g.groups, out_per_group, chunk.n * chunk.plane)
-        gemm(describe_gemm(grad_out_g, columns, grad_weight, dtype_name=dtype_name,
-                           transpose_b=True, beta=1.0))
-        if grad_bias is not None:
-            ones = _ones(chunk.n * chunk.plane, dtype, dtype_name, xp)
-            gemm(describe_gemm(grad_out_g, ones, grad_bias, dtype_name=dtype_name, beta=1.0))
-        grad_columns = columns  # the columns are not needed any more
-        gemm(describe_gemm(weight_g, grad_out_g, grad_columns, dtype_name=dtype_name,
-                           transpose_a=True))
-        _input_gradient(chunk, g, grad_columns, offset, mask, grad_input, bits,
-                        deterministic=deterministic, dtype_name=dtype_name, xp=xp, launch=launch)
-        _offset_and_mask_gradients(chunk, grad_columns, input, offset, mask, grad_offset,
-                                   grad_mask, bits, dtype_name=dtype_name, xp=xp, launch=launch)
+    grads = dict(input=xp.empty(input.shape, dtype=dtype),
+                 offset=xp.empty(offset.shape, dtype=dtype),
+                 mask=None if mask is None else xp.empty(mask.shape, dtype=dtype),
+                 weight=xp.zeros(_grouped_weight(g, weight).shape, dtype=accumulate),
+                 bias=None if bias is None else xp.zeros(
+                     (g.groups, g.out_channels // g.groups, 1), accumulate))
+    for chunk in _chunks(g, dtype_name, dtype.itemsize, backward=True, bias=bias is not None,
+                         mask=mask is not None, deterministic=deterministic):
+        _backward_chunk(chunk, g, grad_output, input, offset, weight, mask, grads,
+                        deterministic=deterministic, **engine)
+    grad_bias = grads["bias"]
     if grad_bias is not None:
         grad_bias = narrow(grad_bias.reshape(-1), dtype, dtype_name, xp)
-    return (grad_input, grad_offset, narrow(grad_weight.reshape(weight.shape), dtype,
-                                            dtype_name, xp), grad_bias, grad_mask)
+    grad_weight = narrow(grads.pop("weight").reshape(weight.shape), dtype, dtype_name, xp)
+    return grads["input"], grads["offset"], grad_weight, grad_bias, grads["mask"]
+
+
+def _backward_chunk(chunk, g, grad_output, input, offset, weight, mask, grads, *,
+                    deterministic, dtype_name, xp, launch, gemm):
+    """Add the chunk's images to ``grads`` (a dict by name); its buffers are freed on
+    return."""
+    columns, bits = _im2col(chunk, g, input, offset, mask, dtype_name=dtype_name, xp=xp,
+                            launch=launch)
+    out_per_group = g.out_channels // g.groups
+    grad_out_g = grad_output[chunk.start:chunk.stop].reshape(
+        chunk.n, g.groups, out_per_group, chunk.plane)
+    grad_out_g = xp.ascontiguousarray(grad_out_g.transpose(1, 2, 0, 3)).reshape(
+        g.groups, out_per_group, chunk.n * chunk.plane)
+    gemm(describe_gemm(grad_out_g, columns, grads["weight"], dtype_name=dtype_name,
+                       transpose_b=True, beta=1.0))
+    if grads["bias"] is not None:
+        ones = _ones(chunk.n * chunk.plane, input.dtype, dtype_name, xp)
+        gemm(describe_gemm(grad_out_g, ones, grads["bias"], dtype_name=dtype_name, beta=1.0))
+        del ones
+    grad_columns = columns  # the columns are not needed any more
+    gemm(describe_gemm(_grouped_weight(g, weight), grad_out_g, grad_columns,
+                       dtype_name=dtype_name, transpose_a=True))
+    del grad_out_g
+    _input_gradient(chunk, g, grad_columns, offset, mask, grads["input"], bits,
+                    deterministic=deterministic, dtype_name=dtype_name, xp=xp, launch=launch)
+    _offset_and_mask_gradients(chunk, grad_columns, input, offset, mask, grads["offset"],
+                               grads["mask"], bits, dtype_name=dtype_name, xp=xp,
+                               launch=launch)
 
 
 def _input_gradient(chunk, g, grad_columns, offset, mask, grad_input, bits, *, deterministic,

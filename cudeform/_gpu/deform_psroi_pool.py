@@ -2,15 +2,16 @@
 
 Written against an array module ``xp`` and a ``launch`` function, like
 :mod:`cudeform._gpu.deform_conv`, so that the tests can drive the same kernel
-source compiled for the CPU on NumPy arrays. No workspace is needed: every
-kernel reads the RoIs and offsets directly, so there is no chunking. There is no
+source compiled for the CPU on NumPy arrays. Every kernel reads the RoIs and
+offsets directly; the only workspace is the input-gradient scatter's, chunked by
+images (:func:`cudeform._gpu.scatter.scatter_by_images`). There is no
 GEMM either; ``gemm`` is taken only so that every op takes the same engine arguments.
 """
 
 from __future__ import annotations
 
 from cudeform._gpu.launch import index_bits
-from cudeform._gpu.scatter import max_abs_bound, scatter_sum
+from cudeform._gpu.scatter import max_abs_bound, scatter_by_images
 from cudeform._gpu.signatures import (
     DEFORM_PSROI_POOL_BACKWARD_INPUT, DEFORM_PSROI_POOL_BACKWARD_OFFSET,
     DEFORM_PSROI_POOL_FORWARD,
@@ -47,7 +48,8 @@ def backward(grad_output, input, rois, offset, g, *, dtype_name, xp, launch, gem
 
     The input gradient is scattered with float atomicAdd into a buffer of the
     accumulation dtype (float32 for 16-bit types) and cast back, or, when
-    ``deterministic``, in 64-bit fixed point (:mod:`cudeform._gpu.scatter`). The
+    ``deterministic``, in 64-bit fixed point (:mod:`cudeform._gpu.scatter`), by ranges of
+    images whose buffers stay under the workspace limit. The
     offset gradient is gathered, one thread per offset pair, deterministically.
     """
     bits = _bits(g, input, rois, offset)
@@ -56,10 +58,10 @@ def backward(grad_output, input, rois, offset, g, *, dtype_name, xp, launch, gem
     # One output's samples weigh at most 1 in all, so an element gets at most
     # max|grad_output| from each of the rois * pooled_size**2 outputs that can read its
     # channel.
-    scatter_sum(grad_input, (DEFORM_PSROI_POOL_BACKWARD_INPUT, grad_output.size, args),
-                max_abs_bound(grad_output), g.rois * g.pooled_size**2,
-                deterministic=deterministic, dtype_name=dtype_name, bits=bits, xp=xp,
-                launch=launch)
+    scatter_by_images(grad_input, (DEFORM_PSROI_POOL_BACKWARD_INPUT, grad_output.size, args),
+                      max_abs_bound(grad_output), g.rois * g.pooled_size**2,
+                      deterministic=deterministic, dtype_name=dtype_name, bits=bits, xp=xp,
+                      launch=launch)
     grad_offset = None
     if offset is not None:
         grad_offset = xp.empty(offset.shape, dtype=input.dtype)

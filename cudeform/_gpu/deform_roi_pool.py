@@ -2,15 +2,16 @@
 
 Written against an array module ``xp`` and a ``launch`` function, like
 :mod:`cudeform._gpu.deform_conv`, so that the tests can run the same kernel source
-compiled for the CPU on NumPy arrays. There is no workspace: the kernels read the
-input, RoIs and offsets directly and write the outputs. RoI pooling has no GEMM; its
+compiled for the CPU on NumPy arrays. The kernels read the input, RoIs and offsets
+directly and write the outputs; the only workspace is the input-gradient scatter's
+(:func:`cudeform._gpu.scatter.scatter_by_images`). RoI pooling has no GEMM; its
 functions take ``gemm`` only so that every op takes the same engine arguments.
 """
 
 from __future__ import annotations
 
 from cudeform._gpu.launch import index_bits
-from cudeform._gpu.scatter import max_abs_bound, scatter_sum
+from cudeform._gpu.scatter import max_abs_bound, scatter_by_images
 from cudeform._gpu.signatures import (
     DEFORM_ROI_POOL_BACKWARD_INPUT, DEFORM_ROI_POOL_BACKWARD_OFFSET,
     DEFORM_ROI_POOL_FORWARD,
@@ -49,7 +50,8 @@ def backward(grad_output, input, rois, offset, g, *, dtype_name, xp, launch, gem
 
     The input gradient is scattered with float atomicAdd into a buffer of the
     accumulation dtype (float32 for 16-bit types) and cast back, or, when
-    ``deterministic``, in 64-bit fixed point (:mod:`cudeform._gpu.scatter`). The offset
+    ``deterministic``, in 64-bit fixed point (:mod:`cudeform._gpu.scatter`), by ranges of
+    images whose buffers stay under the workspace limit. The offset
     gradient is summed by one thread per bin, without atomics.
     """
     bits = _index_bits(g)
@@ -57,10 +59,10 @@ def backward(grad_output, input, rois, offset, g, *, dtype_name, xp, launch, gem
     grad_input = xp.empty(input.shape, dtype=input.dtype)
     # One output's samples weigh at most 1 in all, so an element gets at most
     # max|grad_output| from each of the rois * pooled_h * pooled_w outputs of its channel.
-    scatter_sum(grad_input, (DEFORM_ROI_POOL_BACKWARD_INPUT, grad_output.size, args),
-                max_abs_bound(grad_output), g.rois * g.pooled_h * g.pooled_w,
-                deterministic=deterministic, dtype_name=dtype_name, bits=bits, xp=xp,
-                launch=launch)
+    scatter_by_images(grad_input, (DEFORM_ROI_POOL_BACKWARD_INPUT, grad_output.size, args),
+                      max_abs_bound(grad_output), g.rois * g.pooled_h * g.pooled_w,
+                      deterministic=deterministic, dtype_name=dtype_name, bits=bits, xp=xp,
+                      launch=launch)
     grad_offset = None
     if offset is not None:
         grad_offset = xp.empty(offset.shape, dtype=input.dtype)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import warnings
 
 import numpy
 
@@ -210,6 +212,35 @@ def numpy_gemm(gemm):
         c[...] = narrow(result.astype(numpy.float32), c.dtype, "bfloat16", numpy)
     else:
         c[...] = result.astype(c.dtype)
+
+
+# cuBLAS is bit-reproducible run to run with one active stream; with several concurrent
+# streams on one handle it is only under one of these workspace settings (cuBLAS's
+# "Results reproducibility"). ":4096:8" costs about 24 MiB of GPU memory, ":16:8" speed.
+CUBLAS_WORKSPACE_VARIABLE = "CUBLAS_WORKSPACE_CONFIG"
+REPRODUCIBLE_WORKSPACE_CONFIGS = (":4096:8", ":16:8")
+_warned_configs = set()
+
+
+def reproducible_workspace(environ=None):
+    """Make cuBLAS reproducible with several streams, for deterministic mode.
+
+    Sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` when it is unset (cuBLAS reads it when a
+    handle is created, so it reaches the handles made after this call); a value the user
+    set is kept, with one RuntimeWarning when it is not one of cuBLAS's reproducible
+    settings. Returns the value in force.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(CUBLAS_WORKSPACE_VARIABLE)
+    if value is None:
+        environ[CUBLAS_WORKSPACE_VARIABLE] = value = REPRODUCIBLE_WORKSPACE_CONFIGS[0]
+    elif value not in REPRODUCIBLE_WORKSPACE_CONFIGS and value not in _warned_configs:
+        _warned_configs.add(value)
+        warnings.warn(
+            f"{CUBLAS_WORKSPACE_VARIABLE}={value!r}: cuBLAS documents bit-reproducible GEMMs "
+            f"with several streams only for {' or '.join(REPRODUCIBLE_WORKSPACE_CONFIGS)}; "
+            "cudeform's deterministic mode keeps your value", RuntimeWarning, stacklevel=3)
+    return value
 
 
 def default_gemm(xp):

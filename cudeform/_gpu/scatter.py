@@ -15,11 +15,29 @@ one element in units of that factor, known here from the shapes.
 from __future__ import annotations
 
 from cudeform._gpu.signatures import ACCUMULATE_DTYPES, FIXED_POINT_TO_FLOAT, MAX_ABS_EXPONENT
-from cudeform._gpu.storage import narrow
+from cudeform._gpu.storage import narrow, narrow_bytes
+from cudeform._workspace import batch_chunks
 
 # Scaled sums stay within 2**62, plus at most K/2 of rounding: below the int64 limit.
 SCALE_BITS = 62
 MAX_CONTRIBUTIONS = 2**60  # so that scale_shift >= 2 (see fixed_point_exponent)
+
+
+# A uint64 sum and a uint32 flag word per element (the bound is one more word per call).
+FIXED_POINT_BYTES = 12
+
+
+def scatter_bytes(dtype_name, itemsize, deterministic):
+    """Bytes per gradient element that :func:`scatter_sum` allocates: the fixed-point sums
+    and flags when ``deterministic``; else nothing when the gradient's dtype is its
+    accumulation dtype (the atomics add straight into it), or an accumulation buffer and
+    its narrowing to the storage dtype (``itemsize`` bytes) for 16-bit types."""
+    if deterministic:
+        return FIXED_POINT_BYTES
+    accumulate = ACCUMULATE_DTYPES[dtype_name]
+    if accumulate == dtype_name:
+        return 0
+    return (8 if accumulate == "float64" else 4) + narrow_bytes(dtype_name, itemsize)
 
 
 def float_target(buffer):
@@ -101,3 +119,19 @@ def scatter_sum(output, scatter, bound, contributions, *, deterministic, dtype_n
     launch(kernel, dtype_name, bits, count, **float_target(buffer), **args)
     if not exact:
         output[...] = narrow(buffer, output.dtype, dtype_name, xp)
+
+
+def scatter_by_images(grad_input, scatter, bound, contributions, *, deterministic, dtype_name,
+                      bits, xp, launch):
+    """:func:`scatter_sum` into ``grad_input`` (N, C, H, W) by ranges of images, so that
+    the scatter's buffers (:func:`scatter_bytes`) stay under the workspace limit. The
+    scatter kernel takes ``signatures.IMAGE_RANGE`` besides ``scatter``'s arguments and
+    adds only what lands on the range's images. Arguments as :func:`scatter_sum`'s."""
+    kernel, count, args = scatter
+    per_image = scatter_bytes(dtype_name, grad_input.dtype.itemsize, deterministic) * (
+        grad_input[0].size if len(grad_input) else 0)
+    for start, stop in batch_chunks(len(grad_input), per_image):
+        scatter_sum(grad_input[start:stop],
+                    (kernel, count, dict(args, first_image=start, images=stop - start)),
+                    bound, contributions, deterministic=deterministic, dtype_name=dtype_name,
+                    bits=bits, xp=xp, launch=launch)

@@ -84,6 +84,9 @@ class Kernel:
 SCATTER = (("grad_input", ACC_OUT), ("grad_fixed", UINT64_OUT), ("grad_flags", UINT32_OUT),
            ("bound", UINT32_IN), ("scale_shift", SIZE))
 SCATTER_NULLABLE = frozenset({"grad_input", "grad_fixed", "grad_flags", "bound"})
+# The images first_image .. first_image + images - 1 that a RoI pool's input-gradient
+# scatter covers (the scatter's buffers hold those images only, under the workspace limit).
+IMAGE_RANGE = (("first_image", SIZE), ("images", SIZE))
 BOUND_BLOCKS = 1024
 
 # --- deform_conv2d (kernels/deform_conv.cu) ---------------------------------------------
@@ -135,7 +138,8 @@ DEFORM_ROI_POOL_FORWARD = Kernel(
 )
 DEFORM_ROI_POOL_BACKWARD_INPUT = Kernel(
     "deform_roi_pool", "deform_roi_pool_backward_input",
-    (("grad_output", IN), ("rois", IN), ("offset", IN)) + SCATTER + ROI_POOL_SHAPE,
+    (("grad_output", IN), ("rois", IN), ("offset", IN)) + SCATTER + IMAGE_RANGE
+    + ROI_POOL_SHAPE,
     frozenset({"offset"}) | SCATTER_NULLABLE,
 )
 DEFORM_ROI_POOL_BACKWARD_OFFSET = Kernel(
@@ -159,7 +163,8 @@ DEFORM_PSROI_POOL_FORWARD = Kernel(
 )
 DEFORM_PSROI_POOL_BACKWARD_INPUT = Kernel(
     "deform_psroi_pool", "deform_psroi_pool_backward_input",
-    (("grad_output", IN), ("rois", IN), ("offset", IN)) + SCATTER + PSROI_SHAPE,
+    (("grad_output", IN), ("rois", IN), ("offset", IN)) + SCATTER + IMAGE_RANGE
+    + PSROI_SHAPE,
     frozenset({"offset"}) | SCATTER_NULLABLE,
 )
 DEFORM_PSROI_POOL_BACKWARD_OFFSET = Kernel(

@@ -8,6 +8,8 @@ For every other storage dtype both are the identity (``narrow`` casts).
 
 from __future__ import annotations
 
+from cudeform._gpu.signatures import ACCUMULATE_DTYPES
+
 
 def is_view(dtype, dtype_name):
     """Whether arrays of ``dtype`` hold bfloat16 bit patterns in a 16-bit integer dtype."""
@@ -24,11 +26,26 @@ def values(array, dtype_name, xp):
 
 def narrow(array, dtype, dtype_name, xp):
     """``array`` in storage dtype ``dtype``; float32 to a bfloat16 view rounds to
-    nearest even (NaN stays a quiet NaN), as ``__float2bfloat16`` does."""
+    nearest even (NaN stays a quiet NaN), as ``__float2bfloat16`` does.
+
+    Allocates at most :func:`narrow_bytes` per element (the rounding works in place)."""
     if not is_view(dtype, dtype_name):
         return array.astype(dtype, copy=False)
     array = xp.ascontiguousarray(array, dtype=xp.float32)
     bits = array.view(xp.uint32)
-    rounded = (bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16
-    rounded = xp.where(xp.isnan(array), xp.uint32(0x7FC0), rounded)
+    rounded = bits >> 16
+    rounded &= 1
+    rounded += 0x7FFF
+    rounded += bits
+    rounded >>= 16
+    xp.copyto(rounded, xp.uint32(0x7FC0), where=xp.isnan(array))
     return rounded.astype(xp.uint16).view(dtype)
+
+
+def narrow_bytes(dtype_name, itemsize):
+    """Bytes per element that :func:`narrow` allocates from the accumulation dtype of
+    ``dtype_name`` to its storage dtype (``itemsize`` bytes): none when they are the
+    same, else the result and, for bfloat16, the rounded bits (4) and the NaN mask (1)."""
+    if ACCUMULATE_DTYPES[dtype_name] == dtype_name:
+        return 0
+    return itemsize + (5 if dtype_name == "bfloat16" else 0)
