@@ -108,6 +108,10 @@ for dtype in (numpy.float16, numpy.float32, numpy.float64):
 '''
 
 
-@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
-def test_fused_gpu_compute_sanitizer(tmp_path, tool):
-    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, tool)
+# Named as the session script's sanitizer stages select them (-k compute_sanitizer_...).
+def test_fused_gpu_compute_sanitizer_memcheck(tmp_path):
+    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, "memcheck")
+
+
+def test_fused_gpu_compute_sanitizer_racecheck(tmp_path):
+    run_under_sanitizer(SANITIZER_SCRIPT, tmp_path, "racecheck")
