@@ -235,3 +235,21 @@ def test_fused_auto_end_to_end_on_the_host(fastest):
                          engine=engine)
     assert ran[-1] == fastest and len(ran) == len(TILES) + 2  # each timed, then the choice
     numpy.testing.assert_allclose(output, cpu.forward(*operands, g), rtol=1e-4, atol=1e-4)
+
+
+# --- deterministic mode ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, expected", [("auto", "im2col"),
+                                            ("fused", f"fused {TILES[0].name} (simt)")])
+def test_fused_deterministic_mode_chooses_without_timing(mode, expected):
+    """A choice by timing could differ from process to process, and the bits with it."""
+    timer = FakeTimer({})
+    engine = Engine(Device("test", time=timer), mode=mode)
+    chosen = engine.run(GEOMETRY, "float32", has_mask=False, has_bias=True, deterministic=True,
+                        im2col=lambda: "im2col",
+                        fused=lambda tile, math: f"fused {tile.name} ({math})")
+    assert chosen == expected and timer.timed == []
+    assert engine.choice(GEOMETRY, "float32", has_mask=False, has_bias=True,
+                         deterministic=True) == expected
+    assert engine.choice(GEOMETRY, "float32", has_mask=False, has_bias=True) is None

@@ -126,10 +126,11 @@ def forward(input, offset, weight, bias, mask, g, *, dtype_name, xp, launch, gem
     """``deform_conv2d`` on C-contiguous arrays of one dtype, validated into ``g``, by the
     im2col forward or the fused one, as ``engine`` (:mod:`cudeform._gpu.forward_engine`;
     by default ``CUDEFORM_CONV_FORWARD`` on CuPy, im2col on NumPy) chooses. Both are
-    deterministic."""
+    deterministic; in ``deterministic`` mode the choice does not depend on timing."""
     engine = engine or default_engine(xp)
     arrays = (input, offset, weight, bias, mask, g)
     return engine.run(g, dtype_name, has_mask=mask is not None, has_bias=bias is not None,
+                      deterministic=deterministic,
                       im2col=lambda: im2col_forward(*arrays, dtype_name=dtype_name, xp=xp,
                                                     launch=launch, gemm=gemm),
                       fused=lambda tile, math: fused_forward.forward(

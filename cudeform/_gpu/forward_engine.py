@@ -11,7 +11,9 @@ On the first call of a key (device, dtype, TF32 mode, geometry, mask and bias pr
 every candidate that can run is timed once on the device (after one warm-up call, which
 also compiles it) and the fastest is kept for that key for the rest of the process; the
 choice, the times and every skipped candidate with its reason are logged at debug level
-(logger ``cudeform._gpu.forward_engine``). A fused configuration that cannot run the call
+(logger ``cudeform._gpu.forward_engine``). In deterministic mode nothing is timed:
+``auto`` takes im2col and ``fused`` its first configuration that can run, so that every
+process computes the same bits. A fused configuration that cannot run the call
 (its dtype, shared memory, compute capability, grid or compilation) is skipped and named
 with the reason; ``fused`` warns when it skips its first configuration, and raises a
 ``RuntimeError`` listing every configuration and its reason when none can run. The
@@ -94,27 +96,34 @@ class Engine:
         self.allow_tf32 = allow_tf32
         self.cache = {} if cache is None else cache
 
-    def _key(self, mode, g, dtype_name, has_mask, has_bias):
-        return (mode, self.device.key, dtype_name, self.allow_tf32, g, has_mask, has_bias)
+    def _key(self, mode, g, dtype_name, has_mask, has_bias, deterministic):
+        return (mode, self.device.key, dtype_name, self.allow_tf32, g, has_mask, has_bias,
+                deterministic)
 
-    def choice(self, g, dtype_name, *, has_mask, has_bias):
+    def choice(self, g, dtype_name, *, has_mask, has_bias, deterministic=False):
         """The name of the forward :meth:`run` takes now for these arguments ("im2col" or
         "fused <tile> (<math>)"), or None when it has not chosen yet."""
         mode = self.mode or environment_mode()
         if mode == IM2COL:
             return IM2COL
-        chosen = self.cache.get(self._key(mode, g, dtype_name, has_mask, has_bias))
+        chosen = self.cache.get(self._key(mode, g, dtype_name, has_mask, has_bias,
+                                          deterministic))
         return None if chosen is None else chosen.name
 
-    def run(self, g, dtype_name, *, has_mask, has_bias, im2col, fused):
-        """The output of the chosen forward: ``im2col()`` or ``fused(tile, math)``."""
+    def run(self, g, dtype_name, *, has_mask, has_bias, im2col, fused, deterministic=False):
+        """The output of the chosen forward: ``im2col()`` or ``fused(tile, math)``.
+
+        With ``deterministic``, nothing is timed: ``auto`` takes im2col and ``fused`` its
+        first configuration that can run, so that every process makes the same choice
+        (and so computes the same bits).
+        """
         mode = self.mode or environment_mode()
         if mode == IM2COL:
             return im2col()
-        key = self._key(mode, g, dtype_name, has_mask, has_bias)
+        key = self._key(mode, g, dtype_name, has_mask, has_bias, deterministic)
         chosen = self.cache.get(key)
         if chosen is None:
-            chosen = self._choose(mode, key, g, dtype_name, im2col, fused)
+            chosen = self._choose(mode, g, dtype_name, im2col, fused, deterministic)
             self.cache[key] = chosen
         return im2col() if chosen.tile is None else fused(chosen.tile, chosen.math)
 
@@ -135,7 +144,7 @@ class Engine:
                 skipped.append((candidate, reason))
         return runnable, skipped
 
-    def _choose(self, mode, key, g, dtype_name, im2col, fused):
+    def _choose(self, mode, g, dtype_name, im2col, fused, deterministic):
         runnable, skipped = self.candidates(g, dtype_name)
         where = f"deform_conv2d {dtype_name} {g}"
         if mode == "fused":
@@ -145,10 +154,12 @@ class Engine:
             if skipped and skipped[0][0].tile == self.tiles[0]:
                 warnings.warn(f"{VARIABLE}=fused: skipped {_reasons(skipped)}; using "
                               f"{runnable[0].name}", RuntimeWarning, stacklevel=4)
+        elif deterministic:
+            runnable = [Candidate(IM2COL)]
         else:
             runnable.append(Candidate(IM2COL))
         times = {}
-        if self.device.time is not None and len(runnable) > 1:
+        if self.device.time is not None and len(runnable) > 1 and not deterministic:
             for candidate in runnable:
                 run = im2col if candidate.tile is None else (
                     lambda c=candidate: fused(c.tile, c.math))
@@ -156,7 +167,8 @@ class Engine:
             chosen = min(runnable, key=lambda c: times[c.name])
         else:
             chosen = runnable[0]
-        logger.debug("%s forward of %s on %s: %s%s%s", mode, where, self.device.key,
+        logger.debug("%s%s forward of %s on %s: %s%s%s", mode,
+                     " (deterministic)" if deterministic else "", where, self.device.key,
                      chosen.name,
                      "; timed " + ", ".join(f"{n} {ms:.4g} ms" for n, ms in times.items())
                      if times else "",
