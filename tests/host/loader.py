@@ -1,8 +1,8 @@
 """Compile the CUDA kernel source as C++ for the CPU and launch it with ctypes.
 
-The module source is ``shim.h`` + :func:`cudeform._gpu.source.family_source` + one
-``extern "C"`` wrapper per kernel, element type and index type, generated from
-the signature table. :func:`host_launch` has the signature of
+The module source is ``shim.h`` + ``builtins.h`` +
+:func:`cudeform._gpu.source.family_source` + one ``extern "C"`` wrapper per kernel,
+element type and index type, generated from the signature table. :func:`host_launch` has the signature of
 :func:`cudeform._gpu.launch.cuda_launch` and runs the same argument checks and
 casts (:func:`cudeform._gpu.launch.kernel_arguments`), so the host logic of
 ``cudeform._gpu`` runs unchanged on NumPy arrays. Inside :func:`loop_order`, every
@@ -28,6 +28,7 @@ from cudeform._gpu.signatures import (
 from cudeform._gpu.source import family_source
 
 SHIM = pathlib.Path(__file__).resolve().parent / "shim.h"
+BUILTINS = SHIM.parent / "builtins.h"
 COMPILE_FLAGS = ("-O2", "-shared", "-fPIC", "-std=c++17")
 # The host has no 16-bit CUDA types; float and double cover the CPU dtypes.
 HOST_DTYPES = ("float32", "float64")
@@ -90,7 +91,7 @@ def host_source(family):
                 for kernel in FAMILIES[family]
                 for dtype_name in HOST_DTYPES
                 for bits in INDEX_TYPES]
-    return "\n".join([SHIM.read_text(), family_source(family), *wrappers])
+    return "\n".join([SHIM.read_text(), BUILTINS.read_text(), family_source(family), *wrappers])
 
 
 def _build_dir():
@@ -100,26 +101,31 @@ def _build_dir():
     return folder
 
 
-@functools.lru_cache(maxsize=None)
-def _library(family):
-    """The compiled family, cached on disk under a hash of the source and command."""
+def build_library(name, source, flags=COMPILE_FLAGS):
+    """``source`` (C++ text) compiled with ``flags`` and loaded with ctypes, cached on
+    disk under a hash of the compiler, the flags and the source."""
     cxx = compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set CXX or install g++)")
-    source = host_source(family)
-    key = hashlib.sha256("\0".join([cxx, *COMPILE_FLAGS, source]).encode()).hexdigest()[:20]
-    library = _build_dir() / f"{family}-{key}.so"
+    key = hashlib.sha256("\0".join([cxx, *flags, source]).encode()).hexdigest()[:20]
+    library = _build_dir() / f"{name}-{key}.so"
     if not library.exists():
         with tempfile.TemporaryDirectory(dir=library.parent) as work:
-            source_file = pathlib.Path(work) / f"{family}.cpp"
+            source_file = pathlib.Path(work) / f"{name}.cpp"
             source_file.write_text(source)
             built = pathlib.Path(work) / library.name
-            result = subprocess.run([cxx, *COMPILE_FLAGS, str(source_file), "-o", str(built)],
+            result = subprocess.run([cxx, *flags, str(source_file), "-o", str(built)],
                                     capture_output=True, text=True)
             if result.returncode != 0:
-                raise RuntimeError(f"host compilation of {family} failed:\n{result.stderr}")
+                raise RuntimeError(f"host compilation of {name} failed:\n{result.stderr}")
             os.replace(built, library)  # atomic, so concurrent runs never see half a file
     return ctypes.CDLL(str(library))
+
+
+@functools.lru_cache(maxsize=None)
+def _library(family):
+    """The compiled family (see :func:`build_library`)."""
+    return build_library(family, host_source(family))
 
 
 @functools.lru_cache(maxsize=None)
