@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import numpy
 import pytest
@@ -253,3 +254,67 @@ def test_fused_deterministic_mode_chooses_without_timing(mode, expected):
     assert engine.choice(GEOMETRY, "float32", has_mask=False, has_bias=True,
                          deterministic=True) == expected
     assert engine.choice(GEOMETRY, "float32", has_mask=False, has_bias=True) is None
+
+
+# --- auto compares each fused output with im2col's before timing it ----------------------------
+
+
+def test_fused_auto_skips_a_tile_whose_output_disagrees_with_im2col(caplog):
+    """A faulty fused kernel (here: one tile's output off by a tenth of its scale) is never
+    chosen, however fast: auto warns, names it with the difference, and times the rest."""
+    rng = numpy.random.default_rng(4100)
+    reference = rng.standard_normal((2, 6, 7, 6))
+    faulty = f"fused {TILES[1].name} (simt)"
+
+    def run(name):
+        output = reference + rng.standard_normal(reference.shape) * 1e-7
+        if name == faulty:
+            output[0, 0, 0, 0] += 0.1 * numpy.abs(reference).max()
+        return name, output
+
+    names = [f"fused {t.name} (simt)" for t in TILES] + ["im2col"]
+    timer = FakeTimer({name: 2.0 + index for index, name in enumerate(names)})
+    timer.ms[faulty] = 0.5  # the fastest, were it right
+    engine = Engine(Device("test", time=lambda r: timer(lambda: r()[0]),
+                           agree=lambda output, reference, *types: forward_engine.disagreement(
+                               output[1], reference[1], *types)), mode="auto")
+    message = rf"skipped {re.escape(faulty)}: its output differs from im2col's by 0\.1 of"
+    with pytest.warns(RuntimeWarning, match=message), \
+            caplog.at_level(logging.DEBUG, logger=forward_engine.__name__):
+        chosen, _ = engine.run(GEOMETRY, "float32", has_mask=False, has_bias=True,
+                               im2col=lambda: run("im2col"),
+                               fused=lambda tile, math: run(f"fused {tile.name} ({math})"))
+    assert chosen == names[0] != faulty
+    assert faulty not in timer.timed and "im2col" in timer.timed
+    assert f"skipped {faulty}: its output differs" in caplog.text
+
+
+@pytest.mark.parametrize("dtype_name, math", sorted(forward_engine.AGREEMENT))
+def test_fused_disagreement_follows_the_dtype_tolerance(dtype_name, math):
+    reference = numpy.linspace(-3.0, 5.0, 60).reshape(3, 4, 5)
+    tolerance = forward_engine.AGREEMENT[(dtype_name, math)]
+    near, far = reference.copy(), reference.copy()
+    near[1, 2, 3] += 0.5 * tolerance * 5.0
+    far[1, 2, 3] += 2.0 * tolerance * 5.0
+    assert forward_engine.disagreement(near, reference, dtype_name, math) is None
+    assert "differs from im2col's" in forward_engine.disagreement(far, reference, dtype_name,
+                                                                  math)
+
+
+def test_fused_disagreement_compares_nan_and_infinities():
+    reference = numpy.array([1.0, numpy.nan, numpy.inf, -numpy.inf])
+    assert forward_engine.disagreement(reference.copy(), reference, "float32", "simt") is None
+    for index, value in [(0, numpy.nan), (1, 0.0), (2, -numpy.inf), (3, 1.0)]:
+        output = reference.copy()
+        output[index] = value
+        assert forward_engine.disagreement(output, reference, "float32", "simt") == (
+            "its NaN and infinite outputs differ from im2col's")
+
+
+def test_fused_disagreement_reads_bfloat16_views_bit_for_bit():
+    values = numpy.array([1.0, -2.5, 3.0, 0.0078125], numpy.float32)
+    bits = (values.view(numpy.uint32) >> 16).astype(numpy.uint16).view(numpy.int16)
+    assert numpy.array_equal(forward_engine.view_as_float(bits, "bfloat16", numpy), values)
+    shifted = bits.copy()
+    shifted[0] += 64  # 1.0 -> 1.5 in bfloat16: a sixth of the largest magnitude
+    assert "differs" in forward_engine.disagreement(shifted, bits, "bfloat16", "tensor")

@@ -11,11 +11,13 @@ On the first call of a key (device, dtype, TF32 mode, geometry, mask and bias pr
 every candidate that can run is timed once on the device (after one warm-up call, which
 also compiles it) and the fastest is kept for that key for the rest of the process; the
 choice, the times and every skipped candidate with its reason are logged at debug level
-(logger ``cudeform._gpu.forward_engine``). In deterministic mode nothing is timed:
-``auto`` takes im2col and ``fused`` its first configuration that can run, so that every
-process computes the same bits. A fused configuration that cannot run the call
-(its dtype, shared memory, compute capability, grid or compilation) is skipped and named
-with the reason; ``fused`` warns when it skips its first configuration, and raises a
+(logger ``cudeform._gpu.forward_engine``). Before ``auto`` times a fused configuration,
+its output is compared with im2col's on the same call: one that disagrees is skipped,
+with a warning, so that a faulty kernel can never be chosen over im2col. In
+deterministic mode nothing is timed: ``auto`` takes im2col and ``fused`` its first
+configuration that can run, so that every process computes the same bits. A fused
+configuration that cannot run the call (its dtype, shared memory, compute capability,
+grid or compilation) is skipped and named with the reason; ``fused`` warns when it skips its first configuration, and raises a
 ``RuntimeError`` listing every configuration and its reason when none can run. The
 backward always uses the im2col kernels.
 """
@@ -27,6 +29,8 @@ import logging
 import os
 import warnings
 from typing import Callable, Optional
+
+import numpy
 
 from cudeform._gpu import fused_forward, fused_tiles
 
@@ -60,13 +64,16 @@ class Device:
     None: no limit). ``time(run)`` returns the milliseconds of one call of ``run`` after a
     warm-up call (None: nothing is timed and the first candidate that can run is taken).
     ``check(kernel, dtype_name, bits)`` says why a kernel cannot be built or launched here,
-    or returns None (None: every kernel can).
+    or returns None (None: every kernel can). ``agree(output, reference, dtype_name,
+    math)`` says why a fused output differs from im2col's, or returns None (None: outputs
+    are not compared).
     """
 
     key: object
     arch: Optional[int] = None
     time: Optional[Callable] = None
     check: Optional[Callable] = None
+    agree: Optional[Callable] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +165,9 @@ class Engine:
             runnable = [Candidate(IM2COL)]
         else:
             runnable.append(Candidate(IM2COL))
+        if mode == "auto" and not deterministic and self.device.agree is not None:
+            runnable, disagreeing = self._agreeing(runnable, dtype_name, im2col, fused)
+            skipped += disagreeing
         times = {}
         if self.device.time is not None and len(runnable) > 1 and not deterministic:
             for candidate in runnable:
@@ -174,6 +184,74 @@ class Engine:
                      if times else "",
                      "; skipped " + _reasons(skipped) if skipped else "")
         return chosen
+
+
+    def _agreeing(self, runnable, dtype_name, im2col, fused):
+        """``(agreeing, disagreeing)``: the candidates whose output agrees with im2col's
+        on this call, and ``(candidate, reason)`` for the others (each warned about)."""
+        reference = im2col()
+        agreeing, disagreeing = [], []
+        for candidate in runnable:
+            reason = None if candidate.tile is None else self.device.agree(
+                fused(candidate.tile, candidate.math), reference, dtype_name, candidate.math)
+            if reason is None:
+                agreeing.append(candidate)
+                continue
+            disagreeing.append((candidate, reason))
+            warnings.warn(f"{VARIABLE}=auto: skipped {candidate.name}: {reason}; this is a "
+                          "bug of the fused kernel on this device, please report it",
+                          RuntimeWarning, stacklevel=5)
+        return agreeing, disagreeing
+
+
+# The largest difference from im2col's output, relative to its largest finite magnitude,
+# that a fused output may have: both add the same rounded samples in other orders, and
+# 16-bit outputs are rounded once more. A faulty kernel misses by far more (order one).
+AGREEMENT = {("float64", "simt"): 1e-9, ("float32", "simt"): 1e-3,
+             ("float32", "tensor"): 1e-2, ("float16", "tensor"): 1e-2,
+             ("bfloat16", "tensor"): 3e-2}
+
+
+def disagreement(output, reference, dtype_name, math):
+    """Why ``output`` (a fused forward's) differs from ``reference`` (im2col's), or None
+    when they agree: the same NaN and infinite entries, and the finite ones within
+    :data:`AGREEMENT` of the largest finite magnitude. Works on NumPy and CuPy arrays
+    (bfloat16 ones as their 16-bit views, read through ``view_as_float``)."""
+    xp = _array_module(reference)
+    output, reference = (view_as_float(a, dtype_name, xp) for a in (output, reference))
+    if output.shape != reference.shape:
+        return f"its output has shape {output.shape}, im2col's {reference.shape}"
+    finite = xp.isfinite(reference)
+    same_specials = (xp.all(finite == xp.isfinite(output))
+                     & xp.all(xp.isnan(output) == xp.isnan(reference))
+                     & xp.all(xp.where(xp.isinf(reference), output == reference, True)))
+    if not bool(same_specials):
+        return "its NaN and infinite outputs differ from im2col's"
+    if not bool(xp.any(finite)):
+        return None
+    scale = max(float(xp.max(xp.abs(xp.where(finite, reference, 0)))), 1e-30)
+    error = float(xp.max(xp.abs(xp.where(finite, output, 0) - xp.where(finite, reference, 0))))
+    error /= scale
+    if error > AGREEMENT[(dtype_name, math)]:
+        return (f"its output differs from im2col's by {error:.3g} of the largest magnitude "
+                f"(allowed {AGREEMENT[(dtype_name, math)]:g})")
+    return None
+
+
+def view_as_float(array, dtype_name, xp):
+    """``array`` as float64 values; bfloat16 16-bit views are widened bit for bit."""
+    if dtype_name == "bfloat16" and array.dtype.itemsize == 2 and array.dtype.kind in "iu":
+        bits = array.view(xp.uint16).astype(xp.uint32) << 16
+        return bits.view(xp.float32).astype(xp.float64)
+    return array.astype(xp.float64)
+
+
+def _array_module(array):
+    if isinstance(array, numpy.ndarray):
+        return numpy
+    import cupy
+
+    return cupy
 
 
 def _reasons(skipped):
@@ -213,12 +291,11 @@ def default_engine(xp):
     """The engine of an array module: on CuPy, ``CUDEFORM_CONV_FORWARD`` on the current
     device, with the process's choices and :func:`cudeform.allow_tf32` as it is now; on
     NumPy (the host tests' twin) im2col, which the one-thread host run can launch."""
-    import numpy
-
     if xp is numpy:
         return Engine(Device("host"), mode=IM2COL)
     from cudeform import _modes
 
     device = xp.cuda.Device()
     return Engine(Device(("cuda", device.id), int(device.compute_capability), _cuda_time,
-                         _cuda_check), allow_tf32=_modes.allow_tf32(), cache=_choices)
+                         _cuda_check, disagreement),
+                  allow_tf32=_modes.allow_tf32(), cache=_choices)
