@@ -17,9 +17,9 @@ with a warning, so that a faulty kernel can never be chosen over im2col. In
 deterministic mode nothing is timed: ``auto`` takes im2col and ``fused`` its first
 configuration that can run, so that every process computes the same bits. A fused
 configuration that cannot run the call (its dtype, shared memory, compute capability,
-grid or compilation) is skipped and named with the reason; ``fused`` warns when it skips its first configuration, and raises a
-``RuntimeError`` listing every configuration and its reason when none can run. The
-backward always uses the im2col kernels.
+grid or compilation) is skipped and named with the reason; ``fused`` warns when it
+skips its first configuration, and raises a ``RuntimeError`` listing every configuration
+and its reason when none can run. The backward always uses the im2col kernels.
 """
 
 from __future__ import annotations
