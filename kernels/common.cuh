@@ -1,9 +1,10 @@
 // Shared definitions for every cudeform kernel family.
 //
-// A module's source is this header, fixed_point.cuh, bilinear.cuh, then one family file,
-// joined as text by cudeform/_gpu/source.py (so CuPy's cache key sees every byte).
-// Kernels are grid-stride loops without shared memory or warp intrinsics, so the
-// same text also compiles as plain C++ under tests/host/shim.h.
+// A module's source is this header, fixed_point.cuh, bilinear.cuh, conv_sampling.cuh,
+// then one family file, joined as text by cudeform/_gpu/source.py (so CuPy's cache key
+// sees every byte). Most kernels are grid-stride loops without shared memory or warp
+// intrinsics, so the same text also compiles as plain C++ under tests/host/shim.h; the
+// fused forward (shared memory, barriers, WMMA) runs under tests/host/block_shim.h.
 //
 // CUDEFORM_16BIT_TYPES is defined only for __half and __nv_bfloat16 modules, so
 // that float and double builds do not need CUDA's fp16/bf16 headers.

@@ -1,43 +1,20 @@
 // Deformable convolution (DCNv1, and DCNv2 when mask is not null): im2col, col2im
 // (with its bound for the fixed-point mode) and the offset/mask gradient in two passes.
-// Compiled after common.cuh, fixed_point.cuh and bilinear.cuh.
+// Compiled after the shared headers; the shape and the sampling of a tap are in
+// conv_sampling.cuh, shared with the fused forward.
 //
 // Column buffer of a batch chunk of `batch` images, P = out_h * out_w, taps = kh * kw:
 //   columns[(c * taps + k) * (batch * P) + n * P + p]
 // so that one GEMM per weight group gives (C_out, batch * P), and the weight
 // gradient is one GEMM per group over batch * P.
 //
-// The sampling work (position, corners, weights, mask) depends only on the tap:
-// (image n, offset group g, tap k, pixel p), numbered
-//   tap = ((n * offset_groups + g) * taps + k) * P + p,
-// the index of its mask entry. The run kernels give each thread one run: a tap and a
-// slice of at most slice_channels channels of its group, run = slice * taps_total + tap.
-// The thread samples once and applies the result to every channel of its slice.
+// The sampling work (position, corners, weights, mask) depends only on the tap
+// (image n, offset group g, tap k, pixel p; numbered as in conv_sampling.cuh). The run
+// kernels give each thread one run: a tap and a slice of at most slice_channels channels
+// of its group, run = slice * taps_total + tap. The thread samples once and applies the
+// result to every channel of its slice.
 
 namespace cudeform {
-
-template <typename I>
-struct ConvShape {
-  I batch, channels, height, width;
-  I kernel_h, kernel_w, pad_h, pad_w, stride_h, stride_w, dilation_h, dilation_w;
-  I out_h, out_w, offset_groups, slice_channels;
-
-  __device__ I taps() const { return kernel_h * kernel_w; }
-  __device__ I out_plane() const { return out_h * out_w; }
-  __device__ I group_channels() const { return channels / offset_groups; }
-  __device__ I slices() const { return (group_channels() + slice_channels - 1) / slice_channels; }
-  // Every (image, offset group, tap, pixel), and every run of the run kernels.
-  __device__ I tap_count() const { return batch * offset_groups * taps() * out_plane(); }
-  __device__ I run_count() const { return slices() * tap_count(); }
-  __device__ I column(I c, I k, I n, I p) const {
-    return (c * taps() + k) * (batch * out_plane()) + n * out_plane() + p;
-  }
-  __device__ I input_plane(I n, I c) const { return (n * channels + c) * height * width; }
-  // The dy entry of a tap in offset (batch, 2 * groups * taps, P); dx follows P later.
-  __device__ I offset_entry(I n, I g, I k, I p) const {
-    return ((n * offset_groups + g) * 2 * taps() + 2 * k) * out_plane() + p;
-  }
-};
 
 #define CUDEFORM_CONV_SHAPE_PARAMS                                                      \
   I batch, I channels, I height, I width, I kernel_h, I kernel_w, I pad_h, I pad_w,     \
@@ -48,10 +25,10 @@ struct ConvShape {
                     pad_h,      pad_w,      stride_h, stride_w,    dilation_h,          \
                     dilation_w, out_h,      out_w,  offset_groups, slice_channels}
 
-// One run: tap (n, g, k, p), numbered `tap`, and its channels [first, last).
+// One run: a tap (n, g, k, p), numbered `tap`, and its channels [first, last).
 template <typename I>
-struct ChannelRun {
-  I tap, n, g, k, p, first, last;
+struct ChannelRun : TapTask<I> {
+  I first, last;
 };
 
 // The only decoding of a run index (and, with index < tap_count(), of a tap index).
@@ -70,35 +47,6 @@ __device__ __forceinline__ ChannelRun<I> channel_run(const ConvShape<I>& s, I in
   r.first = r.g * s.group_channels() + slice * s.slice_channels;
   r.last = r.first + s.slice_channels < group_end ? r.first + s.slice_channels : group_end;
   return r;
-}
-
-// DCNv2 modulation of a tap; 1 for DCNv1 (mask == nullptr).
-template <typename A, typename T, typename I>
-__device__ __forceinline__ A tap_mask(const T* mask, const ChannelRun<I>& r) {
-  return mask == nullptr ? A(1) : load(mask + r.tap);
-}
-
-// Sampling point of a tap: the only copy of the DCN sampling formula.
-template <typename A, typename T, typename I>
-__device__ __forceinline__ void tap_position(const ConvShape<I>& s, const T* offset,
-                                             const ChannelRun<I>& r, A& y, A& x) {
-  const T* dy = offset + s.offset_entry(r.n, r.g, r.k, r.p);
-  const I ho = r.p / s.out_w;
-  const I wo = r.p - ho * s.out_w;
-  const I i = r.k / s.kernel_w;
-  const I j = r.k - i * s.kernel_w;
-  y = A(ho * s.stride_h - s.pad_h + i * s.dilation_h) + load(dy);
-  x = A(wo * s.stride_w - s.pad_w + j * s.dilation_w) + load(dy + s.out_plane());
-}
-
-// The corners of a tap's sampling point (every one invalid outside the map); returns
-// whether the point is inside.
-template <typename A, typename T, typename I>
-__device__ __forceinline__ bool sample_tap(const ConvShape<I>& s, const T* offset,
-                                           const ChannelRun<I>& r, BilinearCorners<A, I>& c) {
-  A y, x;
-  tap_position(s, offset, r, y, x);
-  return zero_padded_corners(y, x, s.height, s.width, c);
 }
 
 // Columns: each run writes the column entries of its tap for its channels.

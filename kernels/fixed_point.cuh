@@ -20,13 +20,14 @@
 
 namespace cudeform {
 
+// (maybe_unused: families without scatters, such as the fused forward, include them too.)
 // Exponent words: 0 for no nonzero finite value, else e + kExponentBias where v = f * 2^e
 // with 0.5 <= |f| < 1 (frexp). Every finite double has e >= -1073.
-constexpr unsigned int kExponentBias = 1100;
+[[maybe_unused]] constexpr unsigned int kExponentBias = 1100;
 // Flag bits of the non-finite contributions to one element.
-constexpr unsigned int kPositiveInfinity = 1u;
-constexpr unsigned int kNegativeInfinity = 2u;
-constexpr unsigned int kNotANumber = 4u;
+[[maybe_unused]] constexpr unsigned int kPositiveInfinity = 1u;
+[[maybe_unused]] constexpr unsigned int kNegativeInfinity = 2u;
+[[maybe_unused]] constexpr unsigned int kNotANumber = 4u;
 
 template <typename A>
 __device__ __forceinline__ unsigned int exponent_word(A v) {

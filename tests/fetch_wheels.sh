@@ -33,6 +33,8 @@ PACKAGES=(
   deformops
   # the editable install's build backend
   setuptools
+  # CUDA's crt/mma.h, which the fused forward's WMMA includes, where CUDA comes from wheels
+  nvidia-cuda-crt
 )
 
 mkdir -p "$DEST"

@@ -219,13 +219,15 @@ gpu_stage smoke 60 "$PY" -m tests.session.smoke
 gpu_stage bench 150 "$PY" -m tests.session.bench "$OUT"
 gpu_stage gpu-tests 90 gpu_tests
 gpu_stage memcheck 60 "${PYTEST[@]}" -k compute_sanitizer_memcheck tests/test_deform_conv_gpu.py \
-  tests/test_deform_roi_pool_gpu.py tests/test_deform_psroi_pool_gpu.py
+  tests/test_deform_roi_pool_gpu.py tests/test_deform_psroi_pool_gpu.py \
+  tests/test_fused_forward_gpu.py
 gpu_stage determinism 30 determinism
 
 # --- 7. with the time left ----------------------------------------------------------------
 gpu_stage demo 30 "$PY" -m cudeform demo --device cuda --out "$OUT/demo_gpu.png"
 gpu_stage racecheck 60 "${PYTEST[@]}" -k compute_sanitizer_racecheck tests/test_deform_conv_gpu.py \
-  tests/test_deform_roi_pool_gpu.py tests/test_deform_psroi_pool_gpu.py
+  tests/test_deform_roi_pool_gpu.py tests/test_deform_psroi_pool_gpu.py \
+  tests/test_fused_forward_gpu.py
 # (the minimal-environment test needs the package registry, which the GPU machine lacks)
 gpu_stage rest-of-suite 600 "${PYTEST[@]}" -m "not gpu" --junitxml="$OUT/rest.xml" tests \
   --ignore=tests/test_kernels_nvrtc.py --ignore=tests/test_kernels_resources.py \

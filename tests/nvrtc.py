@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from cudeform._gpu.signatures import ELEMENT_TYPES, FAMILIES, INDEX_TYPES
+from cudeform._gpu.signatures import ELEMENT_TYPES, INDEX_TYPES, WMMA_FAMILIES, family_kernels
 from cudeform._gpu.source import compile_options, family_source
 
 # Wheels that may hold NVRTC (``nvidia-cuda-nvrtc`` is CUDA 13, ``-cu12`` is CUDA 12).
@@ -185,7 +185,7 @@ def _toolkit(major, arch):
 def name_expressions(family, dtype, index_bits):
     """The name expressions of a family's kernels for one element and index type."""
     return tuple(kernel.name_expression(ELEMENT_TYPES[dtype], INDEX_TYPES[index_bits])
-                 for kernel in FAMILIES[family])
+                 for kernel in family_kernels(family, ELEMENT_TYPES[dtype]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -197,8 +197,11 @@ def compile_instantiation(major, arch, family, dtype, index_bits, label):
     element_type = ELEMENT_TYPES[dtype]
     options = (*compile_options(element_type), f"--gpu-architecture=sm_{arch}",
                "--ptxas-options=-v")
-    if element_type in ("__half", "__nv_bfloat16"):
-        # Only 16-bit builds include CUDA's headers; float and double compile without them.
+    if family in WMMA_FAMILIES and not (include_dir / "crt" / "mma.h").is_file():
+        pytest.skip(f"no CUDA {major} crt/mma.h next to {include_dir} (the nvidia-cuda-crt "
+                    f"wheel has CUDA 13's)")
+    if element_type in ("__half", "__nv_bfloat16") or family in WMMA_FAMILIES:
+        # Only 16-bit and WMMA builds include CUDA's headers; the rest compile without them.
         options += (f"-I{include_dir}",)
     try:
         return library.compile(family_source(family), f"{family}.cu", options,
@@ -210,12 +213,13 @@ def compile_instantiation(major, arch, family, dtype, index_bits, label):
 _PROPERTIES = re.compile(
     r"Function properties for (\S+)\s*\n.*?(\d+) bytes stack frame, (\d+) bytes spill stores, "
     r"(\d+) bytes spill loads", re.DOTALL)
-_REGISTERS = re.compile(r"Compiling entry function '(\S+)'.*?Used (\d+) registers", re.DOTALL)
+_REGISTERS = re.compile(r"Compiling entry function '(\S+)'.*?Used (\d+) registers"
+                        r"(?:.*?(\d+) bytes smem)?", re.DOTALL)
 
 
 def resource_usage(log):
-    """``{mangled name: {registers, stack, spill_stores, spill_loads}}`` from ptxas's
-    ``-v`` report in an NVRTC log."""
+    """``{mangled name: {registers, smem, stack, spill_stores, spill_loads}}`` from
+    ptxas's ``-v`` report in an NVRTC log (smem: static shared memory bytes, 0 if none)."""
     usage = {}
     for match in _PROPERTIES.finditer(log):
         usage[match.group(1)] = dict(stack=int(match.group(2)), spill_stores=int(match.group(3)),
@@ -224,4 +228,5 @@ def resource_usage(log):
         found = _REGISTERS.search("Compiling entry function " + chunk)
         if found and found.group(1) in usage:
             usage[found.group(1)]["registers"] = int(found.group(2))
+            usage[found.group(1)]["smem"] = int(found.group(3) or 0)
     return usage

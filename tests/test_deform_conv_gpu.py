@@ -129,7 +129,8 @@ def test_16_bit_matches_float64(name, dtype_name):
 
 
 @dtypes
-def test_workspace_limit_chunks_the_batch(dtype, launches):
+def test_workspace_limit_chunks_the_batch(monkeypatch, dtype, launches):
+    monkeypatch.setenv("CUDEFORM_CONV_FORWARD", "im2col")  # the forward whose chunks count
     rng = numpy.random.default_rng(2500)
     arrays, options = split_case(conv_case(rng, dtype=dtype, batch=5, in_channels=4,
                                            out_channels=4, groups=2, offset_groups=2))
@@ -153,6 +154,7 @@ def test_workspace_limit_chunks_the_batch(dtype, launches):
 def test_64_bit_index_instantiation_matches_32_bit(monkeypatch, dtype, launches):
     from cudeform._gpu import deform_conv as gpu
 
+    monkeypatch.setenv("CUDEFORM_CONV_FORWARD", "im2col")  # the kernels listed below
     rng = numpy.random.default_rng(2600)
     arrays, options = split_case(conv_case(
         rng, dtype=dtype, batch=3, groups=2, offset_groups=2, kernel=(3, 2), stride=(2, 1),

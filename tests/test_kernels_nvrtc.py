@@ -14,7 +14,8 @@ import re
 
 import pytest
 
-from cudeform._gpu.signatures import ELEMENT_TYPES, FAMILIES, HEADERS, INDEX_TYPES
+from cudeform._gpu import fused_tiles
+from cudeform._gpu.signatures import ELEMENT_TYPES, FAMILIES, HEADERS, INDEX_TYPES, WMMA_FAMILIES
 from cudeform._gpu.source import COMPILE_OPTIONS, kernel_dir
 from tests import nvrtc
 
@@ -32,6 +33,8 @@ instantiations = pytest.mark.parametrize(
     [pytest.param(*case, id=_id(*case))
      for case in ((major, arch, family, dtype, bits)
                   for major, arch in TARGETS for family in FAMILIES
+                  # WMMA families are built from their minimum architecture on.
+                  if family not in WMMA_FAMILIES or arch >= fused_tiles.MIN_ARCH
                   for dtype in ELEMENT_TYPES for bits in INDEX_TYPES)],
 )
 

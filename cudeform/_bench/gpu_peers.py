@@ -16,7 +16,7 @@ import gc
 import sys
 
 import cudeform
-from cudeform._bench import determinism_peer
+from cudeform._bench import determinism_peer, fused_peer
 from cudeform._bench.imports import Missing, optional
 
 MEMORY_NOTE = ("cudeform against torch peers: the peak of torch's allocator, which serves "
@@ -125,4 +125,5 @@ LOADERS = (
     ("chainer sampler", _chainer),
     ("cuDNN conv2d (floor)", _conv_floor),
     ("cudeform default backward", determinism_peer.load),
+    (fused_peer.NAME, fused_peer.load),
 )

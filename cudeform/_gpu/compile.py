@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import cupy
 
-from cudeform._gpu.signatures import FAMILIES
+from cudeform._gpu.signatures import family_kernels
 from cudeform._gpu.source import compile_options, family_source
 
 
 @cupy.memoize(for_each_device=True)
 def _module(family, element_type, index_type):
-    names = [k.name_expression(element_type, index_type) for k in FAMILIES[family]]
+    names = [k.name_expression(element_type, index_type)
+             for k in family_kernels(family, element_type)]
     return cupy.RawModule(code=family_source(family), options=compile_options(element_type),
                           name_expressions=names)
 

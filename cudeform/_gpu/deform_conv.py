@@ -8,7 +8,8 @@ GEMM module's NumPy twin on NumPy arrays.
 Per batch chunk of ``n`` images (P output pixels each):
 
 - forward: im2col, then one strided-batched GEMM over the weight groups, with the bias
-  added by the GEMM itself (C starts as the bias, beta = 1);
+  added by the GEMM itself (C starts as the bias, beta = 1); or, as
+  :mod:`cudeform._gpu.forward_engine` chooses, the fused kernel (no columns);
 - backward: im2col; the weight gradient and the bias gradient (against a vector of
   ones) accumulate over chunks through beta = 1 in the accumulation dtype; the column
   gradient overwrites the columns; col2im scatters it into the input gradient (float
@@ -18,6 +19,8 @@ Per batch chunk of ``n`` images (P output pixels each):
 
 from __future__ import annotations
 
+from cudeform._gpu import fused_forward
+from cudeform._gpu.forward_engine import default_engine
 from cudeform._gpu.gemm import default_gemm, describe_gemm
 from cudeform._gpu.launch import channels_per_run, index_bits
 from cudeform._gpu.scatter import scatter_bytes, scatter_sum
@@ -119,8 +122,25 @@ def _grouped_weight(g, weight):
 
 
 def forward(input, offset, weight, bias, mask, g, *, dtype_name, xp, launch, gemm=None,
-            deterministic=False):
-    """``deform_conv2d`` on C-contiguous arrays of one dtype, validated into ``g``.
+            deterministic=False, engine=None):
+    """``deform_conv2d`` on C-contiguous arrays of one dtype, validated into ``g``, by the
+    im2col forward or the fused one, as ``engine`` (:mod:`cudeform._gpu.forward_engine`;
+    by default ``CUDEFORM_CONV_FORWARD`` on CuPy, im2col on NumPy) chooses. Both are
+    deterministic; in ``deterministic`` mode the choice does not depend on timing."""
+    engine = engine or default_engine(xp)
+    arrays = (input, offset, weight, bias, mask, g)
+    return engine.run(g, dtype_name, has_mask=mask is not None, has_bias=bias is not None,
+                      deterministic=deterministic,
+                      im2col=lambda: im2col_forward(*arrays, dtype_name=dtype_name, xp=xp,
+                                                    launch=launch, gemm=gemm),
+                      fused=lambda tile, math: fused_forward.forward(
+                          *arrays, tile=tile, math=math, dtype_name=dtype_name, xp=xp,
+                          launch=launch))
+
+
+def im2col_forward(input, offset, weight, bias, mask, g, *, dtype_name, xp, launch,
+                   gemm=None):
+    """``deform_conv2d`` by im2col and one GEMM per chunk of images.
 
     Every step is a gather or a GEMM, so the result is deterministic in either mode.
     16-bit types (bfloat16 views included) multiply in float32 and are rounded once.

@@ -101,13 +101,17 @@ def kernel_arguments(kernel, dtype_name, bits, args):
 
 
 def cuda_launch(kernel, dtype_name, bits, count, **args):
-    """Launch ``count`` grid-stride iterations of ``kernel`` on CuPy's current stream."""
+    """Launch ``count`` grid-stride iterations of ``kernel`` on CuPy's current stream; for
+    a tiled kernel (``kernel.threads`` set), ``count`` is its grid of blocks (x, y, z)."""
     from cudeform._gpu.compile import get_function
 
     values = kernel_arguments(kernel, dtype_name, bits, args)
-    if count == 0:
+    if count == 0 or (kernel.threads is not None and 0 in count):
         return
     values = [numpy.uint64(0) if v is None else v for v in values]
     function = get_function(kernel, ELEMENT_TYPES[dtype_name], INDEX_TYPES[bits])
+    if kernel.threads is not None:
+        function(tuple(count), (kernel.threads,), tuple(values))
+        return
     blocks = grid_size(count, kernel.max_blocks or MAX_BLOCKS)
     function((blocks,), (BLOCK,), tuple(values))

@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy
 
+from cudeform._gpu import fused_tiles
+
 # Parameter kinds. T is the element type, A its accumulation type, I the index type.
 IN = "const T*"
 OUT = "T*"
@@ -45,7 +47,7 @@ INDEX_DTYPES = {32: numpy.int32, 64: numpy.int64}
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    """A templated kernel ``template <typename T, typename I> __global__ name(params)``."""
+    """A templated kernel ``template <typename T, typename I, ...> __global__ name(params)``."""
 
     family: str
     name: str
@@ -54,9 +56,26 @@ class Kernel:
     # Most blocks a launch may use (None: launch.MAX_BLOCKS). The bound kernels take
     # fewer, so that few threads end in an atomicMax on their one word.
     max_blocks: int | None = None
+    # Template arguments after T and I, and the suffix that names this instantiation.
+    template_args: tuple = ()
+    variant: str = ""
+    # The storage dtype names it is instantiated for (None: all of ELEMENT_TYPES).
+    dtypes: tuple | None = None
+    # Threads a block of a tiled kernel, launched on a grid of blocks (None: a
+    # grid-stride kernel, launched by its iteration count).
+    threads: int | None = None
+
+    @property
+    def label(self):
+        """The name of this instantiation: ``name`` and the variant, if any."""
+        return f"{self.name}_{self.variant}" if self.variant else self.name
+
+    def supports(self, dtype_name):
+        return self.dtypes is None or dtype_name in self.dtypes
 
     def name_expression(self, element_type, index_type):
-        return f"cudeform::{self.name}<{element_type}, {index_type}>"
+        arguments = ", ".join((element_type, index_type, *self.template_args))
+        return f"cudeform::{self.name}<{arguments}>"
 
 
 # --- where scatter kernels add (kernels/fixed_point.cuh, cudeform/_gpu/scatter.py) -----
@@ -170,11 +189,47 @@ FIXED_POINT_TO_FLOAT = Kernel(
 )
 FIXED_POINT_KERNELS = (MAX_ABS_EXPONENT, FIXED_POINT_TO_FLOAT)
 
+# --- the fused forward of deform_conv2d (kernels/deform_conv_fused.cu) ------------------
+# One instantiation per tile configuration and multiply (cudeform/_gpu/fused_tiles.py),
+# for the dtypes whose tiles fit; a block has tile.threads threads.
+FUSED_SHAPE = tuple((name, SIZE) for name in (
+    "batch", "channels", "height", "width", "kernel_h", "kernel_w", "pad_h", "pad_w",
+    "stride_h", "stride_w", "dilation_h", "dilation_w", "out_h", "out_w", "offset_groups",
+    "out_channels", "groups",
+))
+
+
+def _fused(tile, math):
+    return Kernel(
+        "deform_conv_fused", "deform_conv_fused",
+        (("input", IN), ("offset", IN), ("mask", IN), ("weight", IN), ("bias", IN),
+         ("output", OUT)) + FUSED_SHAPE,
+        frozenset({"mask", "bias"}),
+        template_args=(str(tile.block_m), str(tile.block_n), str(tile.block_k),
+                       str(tile.threads), "true" if math == "tensor" else "false"),
+        variant=f"{math}_{tile.name.replace('/', '_')}",
+        dtypes=fused_tiles.built_dtypes(tile, math), threads=tile.threads,
+    )
+
+
+DEFORM_CONV_FUSED = {(tile, math): _fused(tile, math)
+                     for tile in fused_tiles.TILES for math in fused_tiles.MATH_DTYPES}
+# Families that include CUDA's <mma.h>: built for compute capability fused_tiles.MIN_ARCH
+# and up, with CUDA's headers (crt/mma.h) in every build.
+WMMA_FAMILIES = frozenset({"deform_conv_fused"})
+
 # Kernel families: one .cu file each, compiled after the shared headers.
 FAMILIES = {
     "deform_conv": DEFORM_CONV_KERNELS,
+    "deform_conv_fused": tuple(DEFORM_CONV_FUSED.values()),
     "deform_roi_pool": DEFORM_ROI_POOL_KERNELS,
     "deform_psroi_pool": DEFORM_PSROI_POOL_KERNELS,
     "fixed_point": FIXED_POINT_KERNELS,
 }
-HEADERS = ("common.cuh", "fixed_point.cuh", "bilinear.cuh")
+HEADERS = ("common.cuh", "fixed_point.cuh", "bilinear.cuh", "conv_sampling.cuh")
+
+
+def family_kernels(family, element_type):
+    """The kernels of ``family`` instantiated for ``element_type`` (a C type name)."""
+    dtype_name = next(name for name, c_type in ELEMENT_TYPES.items() if c_type == element_type)
+    return tuple(kernel for kernel in FAMILIES[family] if kernel.supports(dtype_name))

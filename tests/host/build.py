@@ -46,10 +46,10 @@ def sanitized():
     return value == "1"
 
 
-def compile_flags():
-    """The compiler flags of a host build: :data:`COMPILE_FLAGS`, and
-    :data:`SANITIZER_FLAGS` when :func:`sanitized`."""
-    return COMPILE_FLAGS + (SANITIZER_FLAGS if sanitized() else ())
+def compile_flags(base=COMPILE_FLAGS):
+    """The compiler flags of a host build: ``base`` (:data:`COMPILE_FLAGS` unless
+    given), and :data:`SANITIZER_FLAGS` when :func:`sanitized`."""
+    return tuple(base) + (SANITIZER_FLAGS if sanitized() else ())
 
 
 def cache_key(command, source):
@@ -144,8 +144,9 @@ def _check_sanitizer_runtime():
 
 
 @functools.lru_cache(maxsize=None)
-def load_library(name, source):
-    """The library built from ``source`` (:func:`build_library`), loaded once per process."""
+def load_library(name, source, base_flags=COMPILE_FLAGS):
+    """The library built from ``source`` with ``compile_flags(base_flags)``
+    (:func:`build_library`), loaded once per process."""
     if sanitized():
         _check_sanitizer_runtime()
-    return ctypes.CDLL(str(build_library(name, source)))
+    return ctypes.CDLL(str(build_library(name, source, compile_flags(base_flags))))

@@ -1,13 +1,13 @@
 """Compile the CUDA kernel source as C++ for the CPU and launch it with ctypes.
 
-The module source is ``shim.h`` + :func:`cudeform._gpu.source.family_source` + one
-``extern "C"`` wrapper per kernel, element type and index type, generated from
-the signature table. :func:`host_launch` has the signature of
-:func:`cudeform._gpu.launch.cuda_launch` and runs the same argument checks and
-casts (:func:`cudeform._gpu.launch.kernel_arguments`), so the host logic of
-``cudeform._gpu`` runs unchanged on NumPy arrays. Every launch runs inside guard
-zones (:mod:`tests.host.guard`). Inside :func:`loop_order`, every grid-stride loop
-of this thread walks its range in that order instead of forward.
+The module source is ``shim.h`` + ``builtins.h`` +
+:func:`cudeform._gpu.source.family_source` + one ``extern "C"`` wrapper per kernel,
+element type and index type, generated from the signature table. :func:`host_launch`
+has the signature of :func:`cudeform._gpu.launch.cuda_launch` and runs the same
+argument checks and casts (:func:`cudeform._gpu.launch.kernel_arguments`), so the
+host logic of ``cudeform._gpu`` runs unchanged on NumPy arrays. Every launch runs
+inside guard zones (:mod:`tests.host.guard`). Inside :func:`loop_order`, every
+grid-stride loop of this thread walks its range in that order instead of forward.
 
 The libraries are built and cached by :mod:`tests.host.build` (sanitized when
 ``CUDEFORM_HOST_SANITIZE=1``).
@@ -33,6 +33,7 @@ __all__ = ["HOST_DTYPES", "LOOP_ORDERS", "compiler", "host_launch", "host_source
            "source_launch", "wrapper_name"]
 
 SHIM = pathlib.Path(__file__).resolve().parent / "shim.h"
+BUILTINS = SHIM.parent / "builtins.h"
 # The host has no 16-bit CUDA types; float and double cover the CPU dtypes.
 HOST_DTYPES = ("float32", "float64")
 _C_SIZES = {32: ctypes.c_int, 64: ctypes.c_longlong}
@@ -92,7 +93,7 @@ def host_source(family, kernel_source=None):
                 for bits in INDEX_TYPES]
     if kernel_source is None:
         kernel_source = family_source(family)
-    return "\n".join([SHIM.read_text(), kernel_source, *wrappers])
+    return "\n".join([SHIM.read_text(), BUILTINS.read_text(), kernel_source, *wrappers])
 
 
 def _library(family):

@@ -14,20 +14,7 @@
 // CUDEFORM_16BIT_TYPES stays undefined: common.cuh then skips the cuda_fp16/cuda_bf16
 // headers and their specialisations.
 
-#include <cmath>
-#include <cstring>
-
-// Unqualified math calls in the kernels must pick the float overload for float, as
-// CUDA's do, not convert to double.
-using std::floor;
-using std::frexp;
-using std::ldexp;
-using std::llrint;
-
-// Execution-space qualifiers mean nothing on the host.
-#define __global__
-#define __device__
-#define __forceinline__ inline
+// Math overloads, execution-space qualifiers and CUDA's built-ins: builtins.h.
 
 struct cudeform_host_dim3 {
   unsigned int x, y, z;
@@ -78,41 +65,7 @@ inline I cudeform_iteration(I step, I count) {
        ((i = cudeform_iteration<I>(cudeform_step_##i, (count))), true);                  \
        ++cudeform_step_##i)
 
-// --- CUDA built-ins ---------------------------------------------------------------------
-
-// Single-threaded, so no atomicity is needed; each returns the old value like CUDA's.
-template <typename T>
-inline T atomicAdd(T* address, T value) {
-  const T old = *address;
-  *address = old + value;
-  return old;
-}
-inline unsigned int atomicOr(unsigned int* address, unsigned int value) {
-  const unsigned int old = *address;
-  *address = old | value;
-  return old;
-}
-inline unsigned int atomicMax(unsigned int* address, unsigned int value) {
-  const unsigned int old = *address;
-  *address = old > value ? old : value;
-  return old;
-}
-
-// The read-only cache load is an ordinary load on the host.
-template <typename T>
-inline T __ldg(const T* address) {
-  return *address;
-}
-
-inline float __int_as_float(int bits) {
-  float value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
-}
-inline double __longlong_as_double(long long bits) {
-  double value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
-}
+// The CUDA built-ins the kernels call (atomics, __ldg, bit casts) are in builtins.h,
+// joined after this file.
 
 #endif  // CUDEFORM_TESTS_HOST_SHIM_H
