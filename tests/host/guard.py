@@ -90,6 +90,17 @@ class _Guarded:
                 f"offsets {offsets.min()} to {offsets.max()} from its first byte")
 
 
+def kernel_arrays(kernel, values):
+    """``(arrays, read_only)`` of a launch: ``{parameter name: array}`` of the non-null
+    pointer arguments of ``kernel`` (``values`` in the order of its parameters, as
+    :func:`cudeform._gpu.launch.kernel_arguments` gives them), and the names of those
+    the kernel must only read (its ``const`` pointers)."""
+    arrays = {name: value for (name, _), value in zip(kernel.params, values)
+              if isinstance(value, numpy.ndarray)}
+    read_only = {name for name, kind in kernel.params if kind.startswith("const ")}
+    return arrays, read_only
+
+
 def guarded_call(kernel_name, arrays, read_only, call):
     """Run ``call(pointers)`` on guarded copies of ``arrays`` and copy results back.
 

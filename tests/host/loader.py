@@ -27,7 +27,7 @@ from cudeform._gpu.signatures import (
 )
 from cudeform._gpu.source import family_source
 from tests.host.build import compiler, load_library
-from tests.host.guard import guarded_call
+from tests.host.guard import guarded_call, kernel_arrays
 
 __all__ = ["HOST_DTYPES", "LOOP_ORDERS", "compiler", "host_launch", "host_source", "loop_order",
            "source_launch", "wrapper_name"]
@@ -117,9 +117,6 @@ def _launch(library, kernel, dtype_name, bits, count, args):
     if count == 0:
         return
     function = _function(library, kernel, dtype_name, bits)
-    arrays = {name: value for (name, kind), value in zip(kernel.params, values)
-              if kind not in (SIZE, SCALAR) and value is not None}
-    read_only = {name for name, kind in kernel.params if kind.startswith("const ")}
     c_size, c_scalar = _C_SIZES[bits], _C_SCALARS[dtype_name]
 
     def call(pointers):
@@ -134,7 +131,7 @@ def _launch(library, kernel, dtype_name, bits, count, args):
         library.cudeform_set_loop_order(LOOP_ORDERS.index(_loop_order.get()))
         function(*c_values)
 
-    guarded_call(kernel.name, arrays, read_only, call)
+    guarded_call(kernel.name, *kernel_arrays(kernel, values), call)
 
 
 def host_launch(kernel, dtype_name, bits, count, **args):
