@@ -3,9 +3,10 @@
 Each test runs, in a subprocess with the ASan runtime preloaded and the kernels built
 with ``-fsanitize=address,undefined,float-cast-overflow`` (``CUDEFORM_HOST_SANITIZE=1``),
 one module of host-run tests of the kernels: all three ops, forward and backward,
-both scatter modes, 32- and 64-bit indices, the edge cases and the property-based
-comparisons. Any sanitizer report is fatal there and fails the test, with the report
-in its message. The planted bugs (tests/host/planted.py) show that reports do come.
+both scatter modes, 32- and 64-bit indices, the edge cases, the property-based
+comparisons, and the fused forward in the block emulator. Any sanitizer report is
+fatal there and fails the test, with the report in its message. The planted bugs
+(tests/host/planted.py) show that reports do come.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ RUNTIME = asan_runtime()
 pytestmark = pytest.mark.skipif(RUNTIME is None,
                                 reason="no C++ compiler with an AddressSanitizer runtime")
 
-# The modules that run kernels on the host.
+# The modules that run kernels on the host (the fused forward in the block emulator).
 HOST_MODULES = (
     "test_kernels_host.py", "test_kernels_host_roi_pool.py", "test_kernels_host_psroi_pool.py",
     "test_kernels_host_edges.py", "test_determinism_host.py", "test_fuzz_host_kernels.py",
+    "test_fused_forward_host.py",
 )
 TIMEOUT = 600
 
