@@ -20,6 +20,8 @@ import pytest
 import cudeform
 from cudeform import _arrays, _modes, _workspace
 from cudeform._cpu import parallel
+from cudeform._gpu import deform_conv as conv_gpu
+from cudeform._gpu.forward_engine import default_engine
 from cudeform._gpu.gemm import numpy_gemm
 from tests.concurrency import same_bits
 from tests.helpers import conv_case, split_case
@@ -139,7 +141,10 @@ def _host_call(op, arrays, options, grad, deterministic, launch=host_launch, xp=
     g = op.geometry(arrays, options)
     engine = dict(dtype_name=arrays["input"].dtype.name, xp=xp, launch=launch,
                   gemm=numpy_gemm, deterministic=deterministic)
-    return (op.gpu.forward(*op.operands(arrays), g, **engine),
+    # The convolution picks its forward by the array module; a stand-in for NumPy must
+    # get the host's choice (im2col) explicitly.
+    forward_engine = dict(engine=default_engine(numpy)) if op.gpu is conv_gpu else {}
+    return (op.gpu.forward(*op.operands(arrays), g, **engine, **forward_engine),
             tuple(op.gpu.backward(grad, *op.operands(arrays), g, **engine)))
 
 
