@@ -44,8 +44,11 @@ def _failure(run, what):
 @pytest.mark.parametrize("module", HOST_MODULES)
 def test_sanitized_host_run(module):
     assert (ROOT / "tests" / module).is_file()
-    run = run_sanitized(RUNTIME, ["-m", "pytest", "-q", "-p", "no:cacheprovider",
+    run = run_sanitized(RUNTIME, ["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
                                   f"tests/{module}"], TIMEOUT)
+    skips = [line for line in run.output.splitlines() if line.startswith("SKIPPED")]
+    if run.report() is None and " passed" not in run.output and skips:
+        pytest.skip(f"every test of {module} skips here: {skips[0]}")  # e.g. no hypothesis
     assert run.returncode == 0 and run.report() is None, _failure(run, f"in {module}")
     assert " passed" in run.output
 
