@@ -12,8 +12,10 @@ machine with one core busy elsewhere.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import os
+import threading
 
 ENVIRONMENT_VARIABLE = "CUDEFORM_NUM_THREADS"
 
@@ -50,13 +52,38 @@ def _blas_controller():
     return threadpoolctl.ThreadpoolController()
 
 
+_blas_limit = threading.Lock()  # held by the one call that limits BLAS now
+
+
+@contextlib.contextmanager
+def _single_threaded_blas(controller):
+    """BLAS at one thread within this context, unless another call holds that limit now.
+
+    threadpoolctl's limit is process-wide: calls from several threads that set it in
+    overlapping intervals would each restore the count they found (one, if another
+    call had set it), and the last one out could leave BLAS at one thread for good.
+    So one call at a time sets and restores it; a call that overlaps with it runs
+    with the limit while that call holds it, and with BLAS's own count after.
+    """
+    if not _blas_limit.acquire(blocking=False):
+        yield
+        return
+    try:
+        with controller.limit(limits=1, user_api="blas"):
+            yield
+    finally:
+        _blas_limit.release()
+
+
 def split(count, function):
     """``[function(part) for part in parts]`` over contiguous slices covering ``range(count)``.
 
     The parts run in parallel, one per worker, with single-threaded BLAS (also
-    with one worker); the split depends only on ``count`` and the worker count,
+    with one worker; see :func:`_single_threaded_blas` for calls from several
+    threads at once); the split depends only on ``count`` and the worker count,
     so results are reproducible for a given ``CUDEFORM_NUM_THREADS``.
-    Exceptions propagate.
+    Exceptions propagate once no part runs any more, so that a failed or interrupted
+    call leaves no work behind it.
     """
     workers = max(1, min(worker_count(), count))
     controller = _blas_controller()
@@ -64,8 +91,13 @@ def split(count, function):
         return [function(slice(0, count))]
     bounds = [count * i // workers for i in range(workers + 1)]
     parts = [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-    with controller.limit(limits=1, user_api="blas"):
+    with _single_threaded_blas(controller):
         if workers == 1:
             return [function(parts[0])]
         futures = [_pool(workers).submit(function, part) for part in parts]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        finally:  # after a failure: cancel the parts not started, wait for the others
+            for future in futures:
+                future.cancel()
+            concurrent.futures.wait(futures)

@@ -3,12 +3,13 @@
 
 A family's module is the emulator's headers (:data:`EMULATOR_HEADERS`) joined with
 :func:`cudeform._gpu.source.family_source` and one ``extern "C"`` wrapper per kernel
-instantiation, compiled and cached by :func:`tests.host.loader.build_library` (the
+instantiation, compiled and cached by :func:`tests.host.build.load_library` (the
 ``cuda_include`` folder lets the kernels' ``#include <mma.h>`` and CUDA's 16-bit headers
 resolve to empty stand-ins). :func:`block_launch` has the signature of
 :func:`cudeform._gpu.launch.cuda_launch` and runs its argument checks and casts; every
-array it passes goes through :func:`array_pointer`. A fault in the kernel (a race on
-shared memory, a divergent barrier, ...) raises :class:`EmulatorError`.
+array it passes sits in guard zones (:func:`tests.host.guard.guarded_call`). A fault in
+the kernel (a race on shared memory, a divergent barrier, ...) raises
+:class:`EmulatorError`; a write outside an array, :class:`tests.host.guard.GuardZoneError`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import pathlib
 from cudeform._gpu.launch import BLOCK, grid_size, kernel_arguments
 from cudeform._gpu.signatures import ELEMENT_TYPES, FAMILIES, INDEX_TYPES, SCALAR, SIZE
 from cudeform._gpu.source import family_source
-from tests.host.loader import _c_parameter, build_library
+from tests.host.build import load_library
+from tests.host.guard import guarded_call, kernel_arrays
+from tests.host.loader import _c_parameter
 
 HERE = pathlib.Path(__file__).resolve().parent
 # Joined, in this order, ahead of the kernel source.
@@ -87,17 +90,17 @@ def block_source(family):
 
 def build(name, source):
     """``source`` (kernels and wrappers) after the emulator's headers, compiled and loaded."""
-    return build_library(name, "\n".join([emulator_source(), source]), COMPILE_FLAGS)
+    return load_library(name, "\n".join([emulator_source(), source]), COMPILE_FLAGS)
 
 
 @functools.lru_cache(maxsize=None)
 def _library(family):
-    return build_library(f"{family}-block", block_source(family), COMPILE_FLAGS)
+    return load_library(f"{family}-block", block_source(family), COMPILE_FLAGS)
 
 
 def array_pointer(array):
-    """The address passed for an array argument (None: a null pointer). Every array of a
-    block launch goes through here."""
+    """The address passed for an array argument (None: a null pointer) in a direct
+    :func:`run` (:func:`block_launch` passes guarded copies instead)."""
     return ctypes.c_void_p(None if array is None else array.ctypes.data)
 
 
@@ -130,16 +133,20 @@ def block_launch(kernel, dtype_name, bits, count, **args):
     grid, block = launch_shape(kernel, count)
     if 0 in grid:
         return
-    c_values = []
-    for (_, kind), value in zip(kernel.params, values):
-        if kind == SIZE:
-            c_values.append(_C_SIZES[bits](int(value)))
-        elif kind == SCALAR:
-            c_values.append(_C_SCALARS[dtype_name](float(value)))
-        else:
-            c_values.append(array_pointer(value))
     function = getattr(_library(kernel.family), block_wrapper_name(kernel, dtype_name, bits))
+
+    def call(pointers):  # every array in guard zones (tests/host/guard.py)
+        c_values = []
+        for (name, kind), value in zip(kernel.params, values):
+            if kind == SIZE:
+                c_values.append(_C_SIZES[bits](int(value)))
+            elif kind == SCALAR:
+                c_values.append(_C_SCALARS[dtype_name](float(value)))
+            else:
+                c_values.append(ctypes.c_void_p(pointers.get(name)))
+        run(function, grid, block, *c_values)
+
     try:
-        run(function, grid, block, *c_values)  # ``values`` keeps the arrays alive
+        guarded_call(kernel.label, *kernel_arrays(kernel, values), call)
     except EmulatorError as error:
         raise EmulatorError(f"{kernel.label} ({dtype_name}, int{bits}): {error}") from None

@@ -26,7 +26,8 @@ static const cudeform_host_dim3 gridDim = {1, 1, 1};
 
 // --- the order of the grid-stride loop ------------------------------------------------
 
-static int cudeform_loop_order = 0;
+// Per thread: host runs in several Python threads (ctypes releases the GIL) each set it.
+static thread_local int cudeform_loop_order = 0;
 
 extern "C" void cudeform_set_loop_order(int order) { cudeform_loop_order = order; }
 
