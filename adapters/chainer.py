@@ -36,7 +36,7 @@ from chainer import function_node  # noqa: E402
 from typing import Optional, Union  # noqa: E402
 
 import cudeform  # noqa: E402
-from cudeform import _arrays, _shapes  # noqa: E402
+from cudeform import _arrays, _options, _shapes  # noqa: E402
 from cudeform._typing import Array, IntPair  # noqa: E402
 
 #: What the functions take: a ``chainer.Variable`` or a NumPy/CuPy array.
@@ -78,7 +78,7 @@ class DeformConv2dFunction(function_node.FunctionNode):
     """Inputs ``(x, offset, W[, b][, mask])``; output ``y``."""
 
     def __init__(self, stride, pad, dilate, has_bias, has_mask):
-        self.options = _shapes.conv_options(stride, pad, dilate, names=("stride", "pad",
+        self.options = _options.conv_options(stride, pad, dilate, names=("stride", "pad",
                                                                          "dilate"))
         self.has_bias, self.has_mask = has_bias, has_mask
 
@@ -235,7 +235,7 @@ def deform_roi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
                [0.5, 2.5]], dtype=float32)
     """
     check_inputs(dict(x=x, rois=rois, offset=offset), optional=("offset",))
-    options = _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
+    options = _options.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
     node = DeformRoIPoolFunction(offset is not None, options)
     return node.apply([a for a in (x, rois, offset) if a is not None])[0]
 
@@ -272,7 +272,7 @@ def deform_psroi_pool(x: Input, rois: Input, offset: Optional[Input] = None, *,
                [2., 3.]], dtype=float32)
     """
     check_inputs(dict(x=x, rois=rois, offset=offset), optional=("offset",))
-    options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+    options = _options.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
                                          sample_per_part, spatial_scale, trans_std)
     node = DeformPSRoIPoolFunction(offset is not None, options)
     return node.apply([a for a in (x, rois, offset) if a is not None])[0]

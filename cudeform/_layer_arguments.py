@@ -6,7 +6,7 @@ names the user passed (``num_classes``, ``output_dim``) rather than later, in
 its own argument names (``ksize`` or ``kernel_size``, ``pad`` or ``padding``). An
 argument of the wrong kind (a string, None, a float or a bool where an int is
 expected, anything but a bool for a flag) is a ``TypeError``, a value out of range a
-``ValueError``, as for the ops' options (:mod:`cudeform._shapes`).
+``ValueError``, as for the ops' options (:mod:`cudeform._options`).
 
 The checks a layer makes in ``forward`` before its first op are here too: a layer that
 computes its own offsets from the input checks that input as the op would, so that a
@@ -19,13 +19,13 @@ from typing import Tuple
 
 import numpy
 
-from cudeform import _shapes
-from cudeform._shapes import pair
+from cudeform import _options, _shapes
+from cudeform._options import pair
 
 
 def positive_int(value: int, name: str) -> int:
     """``value`` as an int >= 1; else TypeError (not an int) or ValueError naming ``name``."""
-    return _shapes.integer(value, name, minimum=1)
+    return _options.integer(value, name, minimum=1)
 
 
 def flag(value: bool, name: str) -> bool:
@@ -64,14 +64,14 @@ def conv_geometry(kernel_size, stride, padding, dilation, *, names=("kernel_size
 
 def roi_pool_layer(output_size, spatial_scale, sampling_ratio, gamma):
     """The pooling options of a deformable RoI pooling layer, as the core takes them."""
-    return _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
+    return _options.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
 
 
 def psroi_pool_layer(output_dim, group_size, pooled_size, part_size, sample_per_part,
                      spatial_scale, trans_std, num_classes=1):
     """The options of a position-sensitive RoI pooling layer, as the core takes them
     (``num_classes`` checked against ``output_dim`` but not returned)."""
-    options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+    options = _options.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
                                          sample_per_part, spatial_scale, trans_std)
     divisor(num_classes, "num_classes", output_dim=options["output_dim"])
     return options

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy
 
-from cudeform._shapes import pair
+from cudeform._options import pair
 from tests.helpers import plant_bad_values
 
 # Configurations every backend comparison covers, as roi_pool_case keyword arguments.

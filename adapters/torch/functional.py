@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from cudeform import _shapes
+from cudeform import _options
 from cudeform._typing import IntPair
 from cudeform.adapters.torch import _onnx
 from cudeform.adapters.torch._checks import require_tensors
@@ -75,7 +75,7 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor,
     require_tensors(dict(input=input, offset=offset, weight=weight, bias=bias, mask=mask),
                     optional=("bias", "mask"))
     stride, padding, dilation = (list(pair) for pair in
-                                 _shapes.conv_options(stride, padding, dilation).values())
+                                 _options.conv_options(stride, padding, dilation).values())
     if _onnx.exporting_to_onnx():
         return _onnx.deform_conv2d_node(input, offset, weight, bias, stride, padding,
                                         dilation, mask)
@@ -119,7 +119,7 @@ def deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = None
     """
     require_tensors(dict(input=input, rois=rois, offset=offset), optional=("offset",))
     _onnx.refuse_export("deform_roi_pool", "deformable RoI pooling")
-    options = _shapes.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
+    options = _options.roi_pool_options(output_size, spatial_scale, sampling_ratio, gamma)
     options["output_size"] = list(options["output_size"])
     return torch.ops.cudeform.deform_roi_pool(input, rois, offset, **options)
 
@@ -162,7 +162,7 @@ def deform_psroi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor] = No
     """
     require_tensors(dict(input=input, rois=rois, offset=offset), optional=("offset",))
     _onnx.refuse_export("deform_psroi_pool", "deformable position-sensitive RoI pooling")
-    options = _shapes.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
+    options = _options.psroi_pool_options(output_dim, group_size, pooled_size, part_size,
                                          sample_per_part, spatial_scale, trans_std)
     if options["part_size"] is None:
         options["part_size"] = options["pooled_size"]
