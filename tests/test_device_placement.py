@@ -10,7 +10,7 @@ import pytest
 
 import cudeform
 from cudeform import _arrays
-from tests.gpu import NO_GPU, DeviceOp, cupy, noncontiguous_device, to_device
+from tests.gpu import NO_GPU, DeviceOp, cupy, noncontiguous_device
 from tests.helpers import conv_case, split_case
 from tests.psroi_cases import psroi_case
 from tests.roi_pool_cases import roi_pool_case
